@@ -1,0 +1,549 @@
+"""The engine: ``build()`` an index directory, ``Engine.load(dir).attribute(text)`` to query it.
+
+Build (each stage timed, progress reported through a callback)::
+
+    samples ─► encode e (N, d) ─► k-means ℓ ─► probe θ̂ ─► c = P g (N, m)
+            ─► h = [ê ; α·ĉ] ─► FAISS ─► BM25 + verbatim shingles ─► fusion ranker ─► manifest
+
+Query::
+
+    text ─► e_y, ℓ_y, c_y, h_y ─► candidates from ANN, BM25 and verbatim (K each)
+         ─► per-candidate evidence ─► fused score ─► influence (one iHVP, K dot products)
+         ─► calibrated confidence / abstention ─► top-k results with spans
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import BuildConfig
+from .data import Sample
+from .encoders import TextEncoder, resolve_device
+from .errors import ConfigError, IndexFormatError, InputError
+from .fusion import Ranker, feature_matrix, fit_ranker
+from .influence import HessianOperator, InfluenceScorer
+from .labels import assign, fit_centroids
+from .lexical import LexicalIndex
+from .probe import Probe, train_probe
+from .projection import make_projector
+from .store import (FORMAT_VERSION, MANIFEST, SampleStore, Timer, atomic_directory, dir_bytes,
+                    load_array, read_manifest, write_json_atomic, write_samples)
+from .verbatim import VerbatimIndex, find_spans
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): called as build stages advance."""
+
+MAX_QUERY_CHARS = 1_000_000
+HVP_SAMPLE = 50_000
+"""Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
+RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
+                "exact")
+SNIPPET_CHARS = 300
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@contextmanager
+def _single_thread():
+    """Run the probe's tiny matrix products on one thread.
+
+    They take microseconds; with several OpenMP threads on a busy 2-core machine the threads'
+    spin-waiting costs a hundred times more than the work itself.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    return {"gif": __version__, "torch": torch.__version__, "faiss": faiss.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def make_fingerprints(e: np.ndarray, c: np.ndarray, alpha: float, embedding: bool = True
+                      ) -> np.ndarray:
+    """``h = [ê ; α·ĉ]`` with both parts unit-normalised; (N, d+m) float32, or (N, m) if
+    ``embedding`` is False (gradient-only ablation)."""
+    c = np.asarray(c, dtype=np.float32)
+    c_hat = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    if not embedding:
+        return np.ascontiguousarray(c_hat)
+    e = np.asarray(e, dtype=np.float32)
+    e_hat = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    if alpha == 0:
+        return np.ascontiguousarray(e_hat)
+    return np.ascontiguousarray(np.hstack([e_hat, alpha * c_hat]))
+
+
+def make_faiss_index(xb: np.ndarray, factory: str, ef_search: int = 128, nprobe: int = 32):
+    d = xb.shape[1]
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ConfigError(f"index.factory {factory!r} is not a valid FAISS factory string "
+                          f"({str(exc).splitlines()[0]}). Use 'Flat', 'HNSW32' or "
+                          f"'IVF1024,PQ32'.") from exc
+    if not index.is_trained:
+        index.train(xb)
+    index.add(xb)
+    _tune(index, ef_search, nprobe)
+    return index
+
+
+def _tune(index, ef_search: int, nprobe: int) -> None:
+    params = faiss.ParameterSpace()
+    for name, value in (("efSearch", ef_search), ("nprobe", nprobe)):
+        try:
+            params.set_index_parameter(index, name, value)
+        except RuntimeError:
+            pass  # the parameter does not apply to this index type
+
+
+@dataclass
+class Result:
+    id: str
+    rank: int
+    score: float
+    """Fused ranking score (higher = more likely the source)."""
+    sha256: str
+    snippet: str
+    channels: list[str]
+    similarity: float
+    gradient_similarity: float
+    bm25: float
+    verbatim: float
+    influence: float | None = None
+    influence_normalised: float | None = None
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Attribution:
+    query_sha256: str
+    results: list[Result]
+    confidence: float
+    abstained: bool
+    timings_ms: dict[str, float]
+    index_version: int = 1
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Candidates:
+    rows: np.ndarray
+    features: np.ndarray
+    cos_e: np.ndarray
+    cos_c: np.ndarray
+    bm25: np.ndarray
+    verbatim: np.ndarray
+    channels: list[list[str]]
+    e_y: np.ndarray
+    c_y: np.ndarray
+    label_y: int
+
+
+def _validate_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"query text must be a string, got {type(text).__name__}.")
+    if not text.strip():
+        raise InputError("query text is empty or whitespace only. Paste the model output to trace.")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InputError(f"query text has {len(text):,} characters; the limit is "
+                         f"{MAX_QUERY_CHARS:,}. Split it and query the parts.")
+    return text
+
+
+class Engine:
+    """A loaded index: encoder, probe, FAISS index, evidence channels and the fusion ranker."""
+
+    def __init__(self, directory: str | Path, *, device: str = "auto",
+                 encoder: TextEncoder | None = None, _building: bool = False):
+        self.directory = Path(directory)
+        if _building:
+            self.manifest = json.loads((self.directory / "manifest.partial.json").read_text())
+        else:
+            self.manifest = read_manifest(self.directory)
+        self.config = BuildConfig.from_dict(self.manifest["config"])
+        self.device = resolve_device(device)
+        d = self.directory
+        self.samples = SampleStore(d)
+        self.embeddings = load_array(d, "embeddings.npy")
+        self.grad_proj = load_array(d, "grad_proj.npy")
+        self.labels = load_array(d, "labels.npy")
+        self.centroids = load_array(d, "centroids.npy", mmap_mode=None)
+        n = len(self.samples)
+        if not (len(self.embeddings) == len(self.grad_proj) == len(self.labels) == n):
+            raise IndexFormatError(f"index {str(d)!r} is inconsistent: {n} samples but "
+                                   f"{len(self.embeddings)} embeddings. Rebuild it.")
+        pc = self.config.probe
+        self.probe = Probe(self.embeddings.shape[1], pc.hidden, len(self.centroids))
+        self.probe.load_state_dict(load_file(str(d / "probe.safetensors")))
+        self.probe.eval()
+        self.projector = make_projector(self.probe, self.config.projection)
+        self.faiss = faiss.read_index(str(d / "fingerprints.faiss"))
+        _tune(self.faiss, self.config.index.ef_search, self.config.index.nprobe)
+        self.lexical = LexicalIndex.load(d / "lexical")
+        self.verbatim = VerbatimIndex.load(d / "verbatim")
+        ranker_path = d / "ranker.json"
+        self.ranker = (Ranker.from_dict(json.loads(ranker_path.read_text()))
+                       if ranker_path.exists() else Ranker.default())
+        self.encoder = encoder or TextEncoder(self.config.encoder)
+        expected = self.manifest.get("encoder", {}).get("weights_sha256")
+        if expected and self.encoder.weights_sha256 not in (expected, "unknown"):
+            raise IndexFormatError(
+                f"index {str(d)!r} was built with encoder weights {expected[:12]}…, but the "
+                f"loaded encoder {self.encoder.name!r} has {self.encoder.weights_sha256[:12]}…. "
+                f"Install the encoder the index was built with, or rebuild the index.")
+        self._influence: InfluenceScorer | None = None
+
+    @classmethod
+    def load(cls, directory: str | Path, *, warm: bool = True, **kwargs) -> Engine:
+        """Open an index directory. ``warm`` runs one throw-away query so that the first real
+        query does not pay for lazy initialisation (thread pools, the Hessian operator)."""
+        engine = cls(directory, **kwargs)
+        if warm:
+            engine.attribute("warm-up query for the provenance engine", k=1, spans=False)
+        return engine
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # -- fingerprints ---------------------------------------------------------------------
+
+    def fingerprint(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode texts exactly as at build time: (e (B, d), labels (B,), c (B, m))."""
+        e = self.encoder.encode(list(texts))
+        labels = assign(e, self.centroids)
+        with torch.no_grad(), _single_thread():
+            c = self.projector.project(self.probe, torch.from_numpy(e),
+                                       torch.from_numpy(labels)).numpy()
+        return e, labels, c
+
+    # -- candidates and evidence ----------------------------------------------------------
+
+    def _candidates(self, text: str, timer: Timer, k_cand: int,
+                    exclude: set[int] | None = None,
+                    fingerprint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                    ) -> _Candidates:
+        with timer.stage("encode"):
+            e_y, lab_y, c_y = fingerprint or self.fingerprint([text])
+        fp = self.config.fingerprint
+        h_y = make_fingerprints(e_y, c_y, fp.alpha, fp.embedding)
+        with timer.stage("ann"):
+            _, ann = self.faiss.search(h_y, k_cand + (len(exclude) if exclude else 0))
+        ann = ann[0][ann[0] >= 0]
+        with timer.stage("lexical"):
+            _, lex = self.lexical.search(text, k_cand)
+        with timer.stage("verbatim"):
+            _, verb = self.verbatim.search(text, k_cand)
+        with timer.stage("fuse"):
+            if exclude:
+                ann = ann[~np.isin(ann, list(exclude))][:k_cand]
+                lex = lex[~np.isin(lex, list(exclude))]
+                verb = verb[~np.isin(verb, list(exclude))]
+            rows = np.unique(np.concatenate([ann, lex, verb]).astype(np.int64))
+            rank_of = []
+            for found in (ann, lex, verb):
+                r = np.zeros(len(rows), dtype=np.int64)
+                pos = {int(row): i + 1 for i, row in enumerate(found)}
+                for j, row in enumerate(rows):
+                    r[j] = pos.get(int(row), 0)
+                rank_of.append(r)
+            emb = np.asarray(self.embeddings[rows], dtype=np.float32)
+            cos_e = emb @ (e_y[0] / max(np.linalg.norm(e_y[0]), 1e-12))
+            cp = np.asarray(self.grad_proj[rows], dtype=np.float32)
+            cp /= np.maximum(np.linalg.norm(cp, axis=1, keepdims=True), 1e-12)
+            cos_c = cp @ (c_y[0] / max(np.linalg.norm(c_y[0]), 1e-12))
+            bm25 = self.lexical.score_rows(text, rows).astype(np.float32)
+            ideal = self.lexical.max_score(text)
+            verbatim = self.verbatim.coverage_rows(text, rows).astype(np.float32)
+            feats = feature_matrix(cos_e, cos_c, bm25, ideal, verbatim, *rank_of)
+            names = ("ann", "lexical", "verbatim")
+            channels = [[names[c] for c in range(3) if rank_of[c][j] > 0]
+                        for j in range(len(rows))]
+        return _Candidates(rows, feats, cos_e, cos_c, bm25, verbatim, channels, e_y[0],
+                           c_y[0], int(lab_y[0]))
+
+    # -- influence ------------------------------------------------------------------------
+
+    def influence_scorer(self) -> InfluenceScorer:
+        if self._influence is None:
+            n = len(self)
+            rows = np.arange(n)
+            if n > HVP_SAMPLE:
+                rows = np.sort(np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
+            e = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
+            y = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
+            scale = self.config.influence.scale or self.manifest["influence"]["scale"]
+            self._influence = InfluenceScorer(self.probe, e, y, self.config.probe.weight_decay,
+                                              self.config.influence, scale)
+        return self._influence
+
+    # -- query ----------------------------------------------------------------------------
+
+    def attribute(self, text: str, *, k: int = 10, candidates: int | None = None,
+                  influence: bool = True, spans: bool = True) -> Attribution:
+        """Rank the training samples this text most likely came from.
+
+        Args:
+            text: the model output to trace.
+            k: results returned.
+            candidates: K, candidates taken from each channel (default from the index config).
+            influence: compute influence evidence for the returned results.
+            spans: compute the shared verbatim spans of the returned results.
+        """
+        text = _validate_text(text)
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}.")
+        timer = Timer()
+        t0 = time.perf_counter()
+        cand = self._candidates(text, timer, candidates or self.config.index.candidates)
+        with timer.stage("rank"):
+            scores = self.ranker.score(cand.features)
+            order = np.argsort(-scores, kind="stable")
+            confidence = self.ranker.confidence(scores[order])
+            top = order[:k]
+        infl = infl_n = None
+        solver: dict[str, Any] = {}
+        if influence and len(top):
+            with timer.stage("influence"), _single_thread():
+                scorer = self.influence_scorer()
+                rows = cand.rows[top]
+                e_c = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
+                y_c = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
+                infl, infl_n, rep = scorer.score(torch.from_numpy(cand.e_y),
+                                                 torch.tensor(cand.label_y), e_c, y_c)
+                solver = {"name": rep.solver, "iterations": rep.iterations,
+                          "restarts": rep.restarts, "scale": rep.scale}
+        results = []
+        with timer.stage("results"):
+            for i, j in enumerate(top):
+                row = int(cand.rows[j])
+                rec = self.samples.record(row)
+                found = ([asdict(s) for s in find_spans(text, rec["text"])]
+                         if spans else [])
+                results.append(Result(
+                    id=rec["id"], rank=i + 1, score=float(scores[j]), sha256=rec["sha256"],
+                    snippet=rec["text"][:SNIPPET_CHARS], channels=cand.channels[j],
+                    similarity=float(cand.cos_e[j]), gradient_similarity=float(cand.cos_c[j]),
+                    bm25=float(cand.bm25[j]), verbatim=float(cand.verbatim[j]),
+                    influence=None if infl is None else float(infl[i]),
+                    influence_normalised=None if infl_n is None else float(infl_n[i]),
+                    spans=found, meta=rec.get("meta", {})))
+        timer.ms["total"] = (time.perf_counter() - t0) * 1000
+        import hashlib
+
+        return Attribution(
+            query_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), results=results,
+            confidence=confidence, abstained=confidence < self.ranker.threshold,
+            timings_ms={k_: round(v, 3) for k_, v in timer.ms.items()},
+            index_version=int(self.manifest.get("index_version", 1)), solver=solver)
+
+    def info(self) -> dict[str, Any]:
+        out = dict(self.manifest)
+        out["bytes_on_disk"] = dir_bytes(self.directory)
+        return out
+
+
+# -- build ---------------------------------------------------------------------------------
+
+
+def _encode_all(encoder: TextEncoder, texts: Sequence[str], chunk: int, progress: Progress
+                ) -> np.ndarray:
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    done = 0
+
+    def tick(n):
+        nonlocal done
+        done += n
+        progress("encode", done, len(texts))
+
+    for start in range(0, len(texts), chunk):
+        out[start:start + chunk] = encoder.encode(texts[start:start + chunk], progress=tick)
+    return out
+
+
+def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None = None, *,
+          progress: Progress | None = None, encoder: TextEncoder | None = None,
+          corpus_name: str = "") -> dict[str, Any]:
+    """Build an index directory from samples; atomic (a failure leaves ``out`` untouched).
+
+    Returns:
+        The manifest written to ``out/manifest.json``.
+    """
+    config = config or BuildConfig()
+    progress = progress or _noop
+    if len(samples) < 2:
+        raise InputError(f"the corpus has {len(samples)} sample(s); at least 2 are needed.")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"duplicate sample id {dup!r}. Ids must be unique.")
+    n = len(samples)
+    timer = Timer()
+    t_start = time.perf_counter()
+    texts = [s.text for s in samples]
+    with timer.stage("load_encoder"):
+        encoder = encoder or TextEncoder(config.encoder)
+    device = encoder.device
+    n_clusters = config.labels.resolve(n)
+    if n < n_clusters:
+        raise InputError(f"the corpus has {n} samples, fewer than the {n_clusters} clusters asked "
+                         f"for. Pass --clusters {max(2, n // 4)} or fewer, or add samples.")
+
+    with atomic_directory(out) as tmp:
+        with timer.stage("encode"):
+            e = _encode_all(encoder, texts, config.chunk_size, progress)
+        with timer.stage("labels"):
+            progress("labels", 0, 1)
+            centroids = fit_centroids(e, config.labels)
+            labels = assign(e, centroids)
+            progress("labels", 1, 1)
+        with timer.stage("probe"):
+            progress("probe", 0, 1)
+            probe, report = train_probe(e, labels, len(centroids), config.probe, device)
+            probe = probe.cpu()
+            progress("probe", 1, 1)
+        with timer.stage("gradients"):
+            projector = make_projector(probe, config.projection)
+            c = np.empty((n, projector.dim), dtype=np.float32)
+            for start in range(0, n, config.chunk_size):
+                sl = slice(start, start + config.chunk_size)
+                c[sl] = projector.project(probe, torch.from_numpy(e[sl]),
+                                          torch.from_numpy(labels[sl])).detach().numpy()
+                progress("gradients", min(n, start + config.chunk_size), n)
+        with timer.stage("faiss"):
+            progress("faiss", 0, 1)
+            factory = config.index.resolve(n)
+            fp = make_fingerprints(e, c, config.fingerprint.alpha, config.fingerprint.embedding)
+            index = make_faiss_index(fp, factory, config.index.ef_search, config.index.nprobe)
+            faiss.write_index(index, str(tmp / "fingerprints.faiss"))
+            del fp, index
+            progress("faiss", 1, 1)
+        with timer.stage("lexical"):
+            progress("lexical", 0, 1)
+            (tmp / "lexical").mkdir()
+            LexicalIndex.build(texts).save(tmp / "lexical")
+            progress("lexical", 1, 1)
+        with timer.stage("verbatim"):
+            progress("verbatim", 0, 1)
+            (tmp / "verbatim").mkdir()
+            VerbatimIndex.build(texts).save(tmp / "verbatim")
+            progress("verbatim", 1, 1)
+        with timer.stage("store"):
+            write_samples(tmp, samples)
+            np.save(tmp / "embeddings.npy", e.astype(np.float16))
+            np.save(tmp / "grad_proj.npy", c.astype(np.float16))
+            np.save(tmp / "labels.npy", labels.astype(np.int32))
+            np.save(tmp / "centroids.npy", centroids)
+            save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
+                      str(tmp / "probe.safetensors"))
+        with timer.stage("curvature"):
+            rows = np.arange(n) if n <= HVP_SAMPLE else np.sort(
+                np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
+            op = HessianOperator(probe, torch.from_numpy(e[rows]),
+                                 torch.from_numpy(labels[rows]), config.probe.weight_decay,
+                                 config.influence.damping, config.influence.curvature)
+            lam_max = op.top_eigenvalue(iters=20)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "index_version": 1,
+            "modality": "text",
+            "corpus": corpus_name,
+            "created_unix": time.time(),
+            "config": config.to_dict(),
+            "versions": library_versions(),
+            "encoder": {"name": encoder.name, "dim": encoder.dim,
+                        "weights_sha256": encoder.weights_sha256},
+            "counts": {"samples": n, "clusters": int(len(centroids)),
+                       "probe_params": probe.num_params, "projection_dim": int(projector.dim),
+                       "fingerprint_dim": int(make_fingerprints(e[:1], c[:1],
+                                                                config.fingerprint.alpha,
+                                                                config.fingerprint.embedding
+                                                                ).shape[1])},
+            "faiss_factory": factory,
+            "probe": asdict(report),
+            "influence": {"lambda_max": lam_max,
+                          "scale": 1.1 * (lam_max + config.influence.damping)},
+            "build_ms": {},
+        }
+        write_json_atomic(tmp / "manifest.partial.json", manifest)
+
+        with timer.stage("ranker"):
+            engine = Engine(tmp, encoder=encoder, _building=True)
+            ranker = fit_build_ranker(engine, samples, config.ranker_queries, progress)
+            write_json_atomic(tmp / "ranker.json", ranker.to_dict())
+        manifest["ranker"] = ranker.report
+        manifest["build_ms"] = {k: round(v, 1) for k, v in timer.ms.items()}
+        manifest["build_ms"]["total"] = round((time.perf_counter() - t_start) * 1000, 1)
+        manifest["bytes_on_disk"] = dir_bytes(tmp)
+        (tmp / "manifest.partial.json").unlink()
+        write_json_atomic(tmp / MANIFEST, manifest)
+    log.info("built %s: %d samples in %.1fs", out, n, manifest["build_ms"]["total"] / 1000)
+    return manifest
+
+
+def fit_build_ranker(engine: Engine, samples: Sequence[Sample], n_queries: int,
+                     progress: Progress) -> Ranker:
+    """Fit the fusion ranker on planted perturbed copies of the index's own samples."""
+    from .queries import perturb
+
+    if n_queries == 0 or len(samples) < 50:
+        return Ranker.default()
+    rng = np.random.default_rng(12345)
+    rows = rng.choice(len(samples), size=min(n_queries, len(samples)), replace=False)
+    planted: list[tuple[int, int, str]] = []
+    for i, row in enumerate(rows):
+        kind = RANKER_KINDS[i % len(RANKER_KINDS)]
+        try:
+            text = perturb(samples[row].text, kind, seed=int(row) * 31 + i)
+        except InputError:
+            continue
+        if text.strip():
+            planted.append((i, int(row), text))
+    # one batched encoder pass for all planted queries (the encoder dominates the cost)
+    e, lab, c = engine.fingerprint([t for _, _, t in planted])
+    groups, nulls = [], []
+    k_cand = engine.config.index.candidates
+    for j, (i, row, text) in enumerate(planted):
+        timer = Timer()
+        fp = (e[j:j + 1], lab[j:j + 1], c[j:j + 1])
+        # every third query has its source masked: a stand-in for outputs with no source
+        if i % 3 == 2:
+            cand = engine._candidates(text, timer, k_cand, exclude={row}, fingerprint=fp)
+            if len(cand.rows):
+                nulls.append(cand.features)
+        else:
+            cand = engine._candidates(text, timer, k_cand, fingerprint=fp)
+            groups.append((cand.features, cand.rows == row))
+        progress("ranker", j + 1, len(planted))
+    return fit_ranker(groups, nulls)

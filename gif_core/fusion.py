@@ -1,0 +1,184 @@
+"""Fusion of evidence channels into one ranking, and the abstention calibration.
+
+Every candidate proposed by any channel (fingerprint ANN, BM25, verbatim shingles) gets the same
+feature vector (:data:`FEATURES`); a linear scorer ranks them. Its weights are fitted at build
+time on planted-provenance queries generated from the index's own corpus (perturbed copies of
+random samples) with a listwise softmax loss: the true source should out-score every other
+candidate of its query. A second, two-feature logistic model maps the top candidate's score and
+its margin over the runner-up to a calibrated probability that the top candidate is a true source;
+it is fitted on the same planted queries plus "null" queries whose true source is masked out,
+which stand in for outputs with no source in the index. Below ``threshold`` the engine abstains.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FEATURES = (
+    "cos_e",        # embedding cosine ê_y·ê_x
+    "cos_e_gap",    # cos_e minus the best cos_e among the query's candidates (≤ 0)
+    "cos_c",        # gradient-signature cosine ĉ_y·ĉ_x
+    "bm25_abs",     # BM25 / BM25 of an ideal match of the query, in [0, 1]
+    "bm25_rel",     # BM25 / best BM25 among the candidates, in [0, 1]
+    "verbatim",     # fraction of the query's word shingles found in x
+    "verbatim_gap", # verbatim minus the best verbatim among the candidates (≤ 0)
+    "rr_ann",       # 1 / rank in the fingerprint channel (0 when absent)
+    "rr_lexical",   # 1 / rank in the BM25 channel
+    "rr_verbatim",  # 1 / rank in the verbatim channel
+)
+
+
+def feature_matrix(cos_e, cos_c, bm25, bm25_ideal, verbatim, rank_ann, rank_lex, rank_verb
+                   ) -> np.ndarray:
+    """Stack per-candidate evidence (each (K,)) into features (K, len(FEATURES)).
+
+    Ranks are 1-based with 0 meaning "not proposed by that channel".
+    """
+    def rr(rank):
+        rank = np.asarray(rank, dtype=np.float32)
+        return np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0)
+
+    bm25 = np.asarray(bm25, dtype=np.float32)
+    best_bm25 = float(bm25.max()) if bm25.size and bm25.max() > 0 else 1.0
+    x = np.stack([
+        cos_e,
+        cos_e - (cos_e.max() if cos_e.size else 0.0),
+        cos_c,
+        np.clip(bm25 / max(bm25_ideal, 1e-9), 0.0, 1.0),
+        bm25 / best_bm25,
+        verbatim,
+        verbatim - (verbatim.max() if verbatim.size else 0.0),
+        rr(rank_ann), rr(rank_lex), rr(rank_verb),
+    ], axis=1).astype(np.float32)
+    return x  # (K, F)
+
+
+@dataclass
+class Ranker:
+    """Linear scorer over :data:`FEATURES` plus the abstention calibration."""
+
+    weights: list[float]
+    features: tuple[str, ...] = FEATURES
+    calib: list[float] = field(default_factory=lambda: [8.0, 8.0, -4.0])
+    """Logistic coefficients on (top score, margin over runner-up) and the intercept."""
+    threshold: float = 0.5
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return x @ np.asarray(self.weights, dtype=np.float32)
+
+    def confidence(self, scores_sorted: np.ndarray) -> float:
+        """P(top candidate is a true source) from the descending candidate scores."""
+        if scores_sorted.size == 0:
+            return 0.0
+        top = float(scores_sorted[0])
+        margin = top - float(scores_sorted[1]) if scores_sorted.size > 1 else top
+        a, b, c = self.calib
+        return float(1.0 / (1.0 + np.exp(-(a * top + b * margin + c))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "features": list(self.features), "calib": self.calib,
+                "threshold": self.threshold, "report": self.report}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ranker:
+        return cls(weights=list(d["weights"]), features=tuple(d["features"]),
+                   calib=list(d["calib"]), threshold=float(d["threshold"]),
+                   report=dict(d.get("report", {})))
+
+    @classmethod
+    def default(cls) -> Ranker:
+        """Hand-set weights used when a corpus is too small to fit a ranker."""
+        w = dict.fromkeys(FEATURES, 0.0)
+        w.update(cos_e=4.0, cos_e_gap=4.0, bm25_abs=2.0, bm25_rel=2.0, verbatim=3.0,
+                 verbatim_gap=3.0)
+        return cls(weights=[w[f] for f in FEATURES], report={"fitted": False})
+
+
+def fit_ranker(groups: list[tuple[np.ndarray, np.ndarray]], null_groups: list[np.ndarray],
+               l2: float = 1e-3, seed: int = 0) -> Ranker:
+    """Fit the listwise scorer and its calibration.
+
+    Args:
+        groups: per planted query, (features (K, F), is_source (K,) bool) with ≥ 1 source.
+        null_groups: per null query, features (K, F) of candidates none of which is a source.
+    """
+    usable = [(x, y) for x, y in groups if y.any() and len(y) > 1]
+    if len(usable) < 20:
+        log.warning("only %d planted queries with their source among the candidates; using "
+                    "the default fusion weights", len(usable))
+        return Ranker.default()
+    torch.manual_seed(seed)
+    n_feat = usable[0][0].shape[1]
+    w = torch.zeros(n_feat, dtype=torch.float64, requires_grad=True)
+    xs = [torch.as_tensor(x, dtype=torch.float64) for x, _ in usable]
+    ys = [torch.as_tensor(y, dtype=torch.bool) for _, y in usable]
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.zeros((), dtype=torch.float64)
+        for x, y in zip(xs, ys, strict=True):
+            s = x @ w
+            # listwise softmax: log-probability mass on the true source(s)
+            loss = loss - (torch.logsumexp(s[y], 0) - torch.logsumexp(s, 0))
+        loss = loss / len(xs) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = w.detach().numpy()
+    ranker = Ranker(weights=[float(v) for v in weights])
+
+    # calibration: (top score, margin) -> was the top candidate a true source?
+    rows, labels = [], []
+    for x, y in usable:
+        s = x @ weights
+        order = np.argsort(-s)
+        rows.append(_calib_features(s[order]))
+        labels.append(float(y[order[0]]))
+    for x in null_groups:
+        if len(x) == 0:
+            continue
+        s = np.sort(x @ weights)[::-1]
+        rows.append(_calib_features(s))
+        labels.append(0.0)
+    ranker.calib = _fit_logistic(np.asarray(rows), np.asarray(labels))
+    p1 = float(np.mean([y[np.argmax(x @ weights)] for x, y in usable]))
+    ranker.report = {"fitted": True, "planted_queries": len(usable),
+                     "null_queries": len(null_groups), "train_p_at_1": p1}
+    log.info("fusion ranker fitted on %d planted + %d null queries, train P@1 %.3f",
+             len(usable), len(null_groups), p1)
+    return ranker
+
+
+def _calib_features(scores_sorted: np.ndarray) -> list[float]:
+    top = float(scores_sorted[0])
+    margin = top - float(scores_sorted[1]) if len(scores_sorted) > 1 else top
+    return [top, margin]
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> list[float]:
+    if len(set(y.tolist())) < 2:
+        return [8.0, 8.0, -4.0]
+    xt = torch.as_tensor(np.hstack([x, np.ones((len(x), 1))]), dtype=torch.float64)
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w, yt)
+        loss = loss + l2 * (w[:-1] * w[:-1]).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return [float(v) for v in w.detach()]

@@ -1,0 +1,177 @@
+"""On-disk stores of an index directory: sample records, arrays, manifest, atomic writes.
+
+Layout of an index directory (every file written into a temporary sibling, renamed in at the end)::
+
+    manifest.json        format version, config, library versions, hashes, counts, timings
+    samples.jsonl        one record per sample: id, sha256, text, meta (row order = FAISS ids)
+    sample_offsets.npy   (N+1,) int64 byte offsets into samples.jsonl, for random access
+    embeddings.npy       (N, d) float16   frozen-encoder embeddings ê
+    grad_proj.npy        (N, m) float16   projected gradients c = P g
+    labels.npy           (N,) int32       pseudo-labels ℓ
+    centroids.npy        (C, d) float32
+    probe.safetensors    probe weights θ̂
+    fingerprints.faiss   FAISS index over h = [ê ; α·ĉ]
+    lexical/, verbatim/  evidence channels
+    ranker.json          fusion ranker and abstention calibration
+
+Arrays are ``.npy`` read with ``allow_pickle=False`` (memory-mapped); weights use safetensors;
+nothing a user hands in is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Sample
+from .errors import IndexFormatError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(target: str | Path):
+    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds.
+
+    A crash or error inside the block leaves ``target`` exactly as it was (the temporary folder
+    is removed). The swap renames the old folder aside, renames the new one in, then deletes the
+    old one, so at every instant ``target`` is either the old or the new complete index.
+    """
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise IndexFormatError(f"--out {str(target)!r} exists and is not a directory. Choose "
+                               f"another path.")
+    tmp = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_samples(directory: Path, samples: Iterable[Sample]) -> int:
+    offsets = [0]
+    with (directory / "samples.jsonl").open("wb") as fh:
+        for s in samples:
+            line = json.dumps({"id": s.id, "sha256": s.sha256, "text": s.text, "meta": s.meta},
+                              ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+            fh.write(line)
+            offsets.append(offsets[-1] + len(line))
+    np.save(directory / "sample_offsets.npy", np.asarray(offsets, dtype=np.int64))
+    return len(offsets) - 1
+
+
+class SampleStore:
+    """Random access to sample records by row, memory-mapped."""
+
+    def __init__(self, directory: Path):
+        self.offsets = np.load(directory / "sample_offsets.npy", allow_pickle=False)
+        self._fh = (directory / "samples.jsonl").open("rb")
+        size = os.fstat(self._fh.fileno()).st_size
+        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._ids: list[str] | None = None
+        self._row_of: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def record(self, row: int) -> dict[str, Any]:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return json.loads(self._mm[start:end])
+
+    def text(self, row: int) -> str:
+        return self.record(row)["text"]
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = [self.record(i)["id"] for i in range(len(self))]
+        return self._ids
+
+    def row_of(self, sample_id: str) -> int | None:
+        if self._row_of is None:
+            self._row_of = {sid: i for i, sid in enumerate(self.ids)}
+        return self._row_of.get(sample_id)
+
+    def close(self) -> None:
+        if isinstance(self._mm, mmap.mmap):
+            self._mm.close()
+        self._fh.close()
+
+
+def load_array(directory: Path, name: str, mmap_mode: str | None = "r") -> np.ndarray:
+    path = directory / name
+    if not path.exists():
+        raise IndexFormatError(f"index {str(directory)!r} lacks {name}: it is partly written or "
+                               f"from another version. Rebuild it with `gif build`.")
+    return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IndexFormatError(f"index {str(directory)!r} does not exist or is not a directory. "
+                               f"Build one with `gif build CORPUS --out {directory}`.")
+    path = directory / MANIFEST
+    if not path.exists():
+        raise IndexFormatError(f"{str(directory)!r} has no {MANIFEST}: it is not a GIF index, or "
+                               f"its build did not finish. Rebuild it with `gif build`.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{path} is damaged ({exc}). Rebuild the index.") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"index {str(directory)!r} has format version {version!r}; this GIF "
+                               f"reads version {FORMAT_VERSION}. Rebuild it with this version "
+                               f"(`gif build`), or install the GIF release that built it.")
+    return manifest
+
+
+def dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+class Timer:
+    """Collects stage durations in milliseconds."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1000
