@@ -61,6 +61,9 @@ class TextEncoder:
 
     def __init__(self, config: EncoderConfig | None = None):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.config = config or EncoderConfig()
         name = self.config.name

@@ -14,12 +14,12 @@ Query::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,19 @@ from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
 from .probe import Probe, train_probe
 from .projection import make_projector
-from .store import (FORMAT_VERSION, MANIFEST, SampleStore, Timer, atomic_directory, dir_bytes,
-                    load_array, read_manifest, write_json_atomic, write_samples)
+from .store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SampleStore,
+    Timer,
+    atomic_directory,
+    dir_bytes,
+    load_array,
+    read_manifest,
+    write_json_atomic,
+    write_samples,
+)
+from .threads import single_thread
 from .verbatim import VerbatimIndex, find_spans
 
 log = logging.getLogger(__name__)
@@ -59,21 +70,6 @@ SNIPPET_CHARS = 300
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
-
-
-@contextmanager
-def _single_thread():
-    """Run the probe's tiny matrix products on one thread.
-
-    They take microseconds; with several OpenMP threads on a busy 2-core machine the threads'
-    spin-waiting costs a hundred times more than the work itself.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def library_versions() -> dict[str, str]:
@@ -242,7 +238,7 @@ class Engine:
         """Encode texts exactly as at build time: (e (B, d), labels (B,), c (B, m))."""
         e = self.encoder.encode(list(texts))
         labels = assign(e, self.centroids)
-        with torch.no_grad(), _single_thread():
+        with torch.no_grad(), single_thread():
             c = self.projector.project(self.probe, torch.from_numpy(e),
                                        torch.from_numpy(labels)).numpy()
         return e, labels, c
@@ -334,7 +330,7 @@ class Engine:
         infl = infl_n = None
         solver: dict[str, Any] = {}
         if influence and len(top):
-            with timer.stage("influence"), _single_thread():
+            with timer.stage("influence"), single_thread():
                 scorer = self.influence_scorer()
                 rows = cand.rows[top]
                 e_c = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
@@ -359,8 +355,6 @@ class Engine:
                     influence_normalised=None if infl_n is None else float(infl_n[i]),
                     spans=found, meta=rec.get("meta", {})))
         timer.ms["total"] = (time.perf_counter() - t0) * 1000
-        import hashlib
-
         return Attribution(
             query_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), results=results,
             confidence=confidence, abstained=confidence < self.ranker.threshold,

@@ -33,6 +33,7 @@ from .config import InfluenceConfig
 from .errors import SolverError
 from .gradients import flatten, param_dict, per_sample_grads
 from .probe import Probe
+from .threads import on_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class HessianOperator:
             out += self.hvp(v, idx) * (len(idx) / n)
         return out
 
+    @on_one_thread
     def dense(self) -> torch.Tensor:
         """The (p, p) damped Hessian; refuses probes over ``EXPLICIT_MAX_PARAMS`` parameters."""
         if self.p > EXPLICIT_MAX_PARAMS:
@@ -155,6 +157,7 @@ class HessianOperator:
         h = torch.stack(cols, dim=1)
         return 0.5 * (h + h.T)
 
+    @on_one_thread
     def top_eigenvalue(self, iters: int = 30, seed: int = 0) -> float:
         gen = torch.Generator().manual_seed(seed)
         v = torch.randn(self.p, generator=gen, dtype=self.e.dtype)
@@ -167,6 +170,7 @@ class HessianOperator:
         return lam
 
 
+@on_one_thread
 def lissa(op: HessianOperator, v: torch.Tensor, config: InfluenceConfig, scale: float,
           max_restarts: int = 3) -> tuple[torch.Tensor, SolveReport]:
     """LiSSA estimate of ``(H + damping·I)⁻¹ v``."""
@@ -181,12 +185,12 @@ def lissa(op: HessianOperator, v: torch.Tensor, config: InfluenceConfig, scale: 
         h = v.clone()
         history = []
         diverged = False
-        for t in range(config.depth):
+        for _ in range(config.depth):
             idx = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
             h = v + h - op.hvp(h, idx) / scale
             norm = float(h.norm())
             history.append(norm)
-            # the series converges only when μ bounds H's spectrum; then |h_t| ≤ |v|·μ/λ_min
+            # the series converges only when μ > λ_max / 2 (spectral radius of I - H/μ below 1)
             if not math.isfinite(norm) or norm > 1e6 * max(vnorm, 1e-30):
                 diverged = True
                 break
@@ -203,6 +207,7 @@ def lissa(op: HessianOperator, v: torch.Tensor, config: InfluenceConfig, scale: 
                       f"solver 'cg'.")
 
 
+@on_one_thread
 def conjugate_gradient(op: HessianOperator, v: torch.Tensor, config: InfluenceConfig,
                        tol: float = 1e-6) -> tuple[torch.Tensor, SolveReport]:
     """CG on exact full-data Hessian–vector products; H + damping·I must be positive definite."""
@@ -231,6 +236,7 @@ def conjugate_gradient(op: HessianOperator, v: torch.Tensor, config: InfluenceCo
     return x, SolveReport("cg", it, time.perf_counter() - t0, residual=math.sqrt(rs) / bnorm)
 
 
+@on_one_thread
 def explicit_solve(op: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolveReport]:
     t0 = time.perf_counter()
     h = op.dense().double()

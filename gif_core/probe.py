@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import ProbeConfig
+from .threads import on_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def regularised_loss(model: Probe, e: torch.Tensor, y: torch.Tensor, weight_deca
     return ce + 0.5 * weight_decay * l2
 
 
+@on_one_thread
 def train_probe(e: np.ndarray, labels: np.ndarray, num_classes: int, config: ProbeConfig,
                 device: torch.device | str = "cpu") -> tuple[Probe, TrainReport]:
     """Train the probe on embeddings (N, d) and pseudo-labels (N,)."""
@@ -100,7 +102,7 @@ def train_probe(e: np.ndarray, labels: np.ndarray, num_classes: int, config: Pro
         acc = float((model(x).argmax(1) == y).float().mean())
     model.zero_grad(set_to_none=True)
     model.eval()
-    report = TrainReport(float(loss), acc, grad_norm, time.perf_counter() - t0)
+    report = TrainReport(loss.item(), acc, grad_norm, time.perf_counter() - t0)
     log.info("probe: p=%d loss=%.4f acc=%.3f |∇|=%.2e in %.1fs", model.num_params, report.loss,
              report.accuracy, report.grad_norm, report.seconds)
     return model, report

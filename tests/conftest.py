@@ -1,0 +1,43 @@
+"""Shared fixtures: one small real index (Wikipedia summaries) built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SLICE = 300
+
+
+@pytest.fixture(scope="session")
+def wiki_slice():
+    from gif_core.data import wiki_samples
+
+    return wiki_samples()[:SLICE]
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from gif_core.encoders import TextEncoder
+
+    return TextEncoder()
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory, wiki_slice, encoder):
+    from gif_core.config import BuildConfig
+    from gif_core.engine import build
+
+    out = tmp_path_factory.mktemp("idx") / "wiki300"
+    build(wiki_slice, out, BuildConfig(ranker_queries=150), encoder=encoder)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(small_index, encoder):
+    from gif_core.engine import Engine
+
+    return Engine.load(small_index, encoder=encoder)
