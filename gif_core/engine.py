@@ -122,6 +122,8 @@ def _tune(index, ef_search: int, nprobe: int) -> None:
 @dataclass
 class Result:
     id: str
+    row: int
+    """Position of the sample in the index (FAISS id)."""
     rank: int
     score: float
     """Fused ranking score (higher = more likely the source)."""
@@ -303,6 +305,22 @@ class Engine:
                                               self.config.influence, scale)
         return self._influence
 
+    def influence_for(self, e_y: np.ndarray, label_y: int, rows: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Influence of the samples at ``rows`` on a query with embedding ``e_y`` (d,).
+
+        Returns raw influence ``-g_yᵀ H⁻¹ g_x`` (K,), its normalised support score (K,) and the
+        solver's report.
+        """
+        with single_thread():
+            scorer = self.influence_scorer()
+            e_c = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
+            y_c = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
+            infl, infl_n, rep = scorer.score(torch.from_numpy(np.asarray(e_y, np.float32)),
+                                             torch.tensor(int(label_y)), e_c, y_c)
+        return infl, infl_n, {"name": rep.solver, "iterations": rep.iterations,
+                              "restarts": rep.restarts, "scale": rep.scale}
+
     # -- query ----------------------------------------------------------------------------
 
     def attribute(self, text: str, *, k: int = 10, candidates: int | None = None,
@@ -330,15 +348,8 @@ class Engine:
         infl = infl_n = None
         solver: dict[str, Any] = {}
         if influence and len(top):
-            with timer.stage("influence"), single_thread():
-                scorer = self.influence_scorer()
-                rows = cand.rows[top]
-                e_c = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
-                y_c = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
-                infl, infl_n, rep = scorer.score(torch.from_numpy(cand.e_y),
-                                                 torch.tensor(cand.label_y), e_c, y_c)
-                solver = {"name": rep.solver, "iterations": rep.iterations,
-                          "restarts": rep.restarts, "scale": rep.scale}
+            with timer.stage("influence"):
+                infl, infl_n, solver = self.influence_for(cand.e_y, cand.label_y, cand.rows[top])
         results = []
         with timer.stage("results"):
             for i, j in enumerate(top):
@@ -347,7 +358,7 @@ class Engine:
                 found = ([asdict(s) for s in find_spans(text, rec["text"])]
                          if spans else [])
                 results.append(Result(
-                    id=rec["id"], rank=i + 1, score=float(scores[j]), sha256=rec["sha256"],
+                    id=rec["id"], row=row, rank=i + 1, score=float(scores[j]), sha256=rec["sha256"],
                     snippet=rec["text"][:SNIPPET_CHARS], channels=cand.channels[j],
                     similarity=float(cand.cos_e[j]), gradient_similarity=float(cand.cos_c[j]),
                     bm25=float(cand.bm25[j]), verbatim=float(cand.verbatim[j]),
