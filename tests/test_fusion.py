@@ -1,0 +1,93 @@
+"""The fused ranking against each channel alone, and the bad inputs of the evidence channels."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gif_core.config import BuildConfig
+from gif_core.data import Sample, content_hash
+from gif_core.engine import Engine, build
+from gif_core.evaluate import compare_methods, summarize_methods
+from gif_core.queries import generate_queries
+
+KINDS = ["word_drop", "typos", "ocr", "chatty", "prefix"]
+
+
+@pytest.fixture(scope="module")
+def method_summary(engine, wiki_slice):
+    samples = [(s.id, s.text) for s in wiki_slice]
+    queries = generate_queries(samples, KINDS, 12, seed=4242)
+    results = compare_methods(engine, queries, influence=False)
+    return summarize_methods(results)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fusion_at_least_every_channel(method_summary, kind):
+    fused = method_summary["gif"]["per_kind"][kind]["p@1"]
+    for channel in ("bm25", "verbatim", "embedding_knn"):
+        assert fused >= method_summary[channel]["per_kind"][kind]["p@1"], channel
+    assert fused >= 0.9
+
+
+def test_gradient_only_is_measured_not_assumed(method_summary):
+    # the gradient-only fingerprint finds some sources, but fewer than the static embedding
+    g = method_summary["gradient_only"]["overall"]["p@1"]
+    e = method_summary["embedding_knn"]["overall"]["p@1"]
+    assert 0.2 < g <= e
+
+
+def test_long_query_bounded_time_and_spans_found(engine, wiki_slice):
+    from gif_core.data import wiki_samples
+
+    inside = wiki_slice[42].text
+    # filler from articles that are not in the index
+    filler = " ".join(s.text for s in wiki_samples()[5000:5060])
+    query = (filler * 4)[:50_000] + " " + inside + " " + (filler * 4)[:50_000]
+    assert len(query) > 100_000
+    t0 = time.perf_counter()
+    att = engine.attribute(query, k=10, influence=False)
+    assert time.perf_counter() - t0 < 20
+    hit = next(r for r in att.results if r.id == wiki_slice[42].id)
+    longest = max(hit.spans, key=lambda s: s["query_end"] - s["query_start"])
+    assert query[longest["query_start"]:longest["query_end"]] == inside[
+        longest["source_start"]:longest["source_end"]]
+    assert longest["query_end"] - longest["query_start"] > 0.8 * len(inside)
+
+
+def test_no_shared_tokens_still_gets_semantic_results(engine):
+    att = engine.attribute("zxqv blorptastic flimflam quuxified", k=5, influence=False)
+    assert len(att.results) == 5
+    assert all(r.bm25 == 0 for r in att.results)
+    assert all("ann" in r.channels for r in att.results)
+
+
+@pytest.fixture(scope="module")
+def mixed_script_engine(tmp_path_factory, wiki_slice, encoder):
+    cjk = [
+        "长城是中国古代修建的军事防御工程，东西绵延上万里，被认为是世界上最伟大的建筑奇迹之一。",
+        "熊猫主要生活在四川、陕西和甘肃的山区竹林里，每天要花十几个小时吃竹子。",
+        "富士山は静岡県と山梨県にまたがる活火山で、標高三千七百七十六メートルの日本最高峰である。",
+        "東京の地下鉄は毎日数百万人の乗客を運び、世界で最も混雑した交通網の一つとして知られている。",
+        "京都には千年以上の歴史を持つ寺院や神社が数多く残り、毎年多くの観光客が訪れる。",
+    ]
+    samples = list(wiki_slice[:80]) + [Sample(f"cjk-{i}", t, content_hash(t))
+                                       for i, t in enumerate(cjk)]
+    out = tmp_path_factory.mktemp("mixed") / "idx"
+    build(samples, out, BuildConfig(ranker_queries=80), encoder=encoder)
+    return Engine.load(out, encoder=encoder), cjk
+
+
+def test_cjk_exact_copy_ranks_first(mixed_script_engine):
+    engine, cjk = mixed_script_engine
+    for i, text in enumerate(cjk):
+        att = engine.attribute(text, k=3)
+        assert att.results[0].id == f"cjk-{i}"
+        assert att.results[0].verbatim == pytest.approx(1.0)
+    # a CJK sentence quoted inside English chatter
+    att = engine.attribute(f"Sure! The passage reads: {cjk[1]} Hope that helps.", k=3)
+    assert att.results[0].id == "cjk-1"
+    span = att.results[0].spans[0]
+    assert cjk[1][span["source_start"]:span["source_end"]] in cjk[1]
+    assert span["source_end"] - span["source_start"] >= len(cjk[1]) - 2
