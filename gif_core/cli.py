@@ -3,6 +3,8 @@
     gif build CORPUS --out INDEX        CORPUS: .jsonl/.csv/.parquet, a .txt folder, pkg:wiki ...
     gif query INDEX --text "..." [-k 10] [--json]
     gif query INDEX --queries Q.jsonl --json     one JSON object per input line, qid echoed
+    gif eval INDEX --generate word_drop,typos,out_of_corpus --out DIR
+    gif eval INDEX --queries Q.jsonl --out DIR
     gif info INDEX
 """
 
@@ -135,6 +137,34 @@ def cmd_query(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import fortunes_samples
+    from .engine import Engine
+    from .evaluate import markdown_table, run_eval
+    from .queries import generate_out_of_corpus, generate_queries, read_queries
+
+    if (args.queries is None) == (args.generate is None):
+        raise InputError("give exactly one of --queries FILE or --generate KINDS.")
+    queries = read_queries(args.queries) if args.queries else None
+    engine = Engine.load(args.index, device=args.device)
+    if queries is None:
+        kinds = [k.strip() for k in args.generate.split(",") if k.strip()]
+        samples = [(engine.samples.record(i)["id"], engine.samples.text(i))
+                   for i in range(len(engine))]
+        planted = [k for k in kinds if k != "out_of_corpus"]
+        queries = generate_queries(samples, planted, args.n, seed=args.seed) if planted else []
+        if "out_of_corpus" in kinds:
+            # held-out real text: fortunes quotes that are not in the index
+            known = {engine.samples.record(i)["sha256"] for i in range(len(engine))}
+            held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
+            queries += generate_out_of_corpus(held_out, args.n, seed=args.seed)
+    metrics = run_eval(engine, queries, args.out, influence=not args.no_influence,
+                       progress=_progress_bars(args.quiet))
+    print(markdown_table(metrics["methods"]))
+    print(f"wrote {args.out}/metrics.json, summary.md, rows.jsonl and figures")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import dir_bytes, read_manifest
 
@@ -189,6 +219,20 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--no-influence", action="store_true", help="skip influence evidence")
     q.add_argument("--device", default="auto")
     q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("eval", help="measure GIF against baselines on planted queries")
+    e.add_argument("index")
+    e.add_argument("--queries", help="JSONL query file (qid, text, source_ids, kind)")
+    e.add_argument("--generate", help="comma-separated kinds: word_drop,typos,prefix,"
+                                      "sentence_shuffle,synonym,chatty,ocr,exact,paraphrase,"
+                                      "out_of_corpus")
+    e.add_argument("--n", type=int, default=100, help="queries per generated kind")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, help="results folder (written atomically)")
+    e.add_argument("--no-influence", action="store_true", help="skip the influence ablations")
+    e.add_argument("--device", default="auto")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="show an index's manifest")
     i.add_argument("index")

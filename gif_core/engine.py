@@ -234,6 +234,10 @@ class Engine:
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def manifest_sha256(self) -> str:
+        return hashlib.sha256((self.directory / MANIFEST).read_bytes()).hexdigest()
+
     # -- fingerprints ---------------------------------------------------------------------
 
     def fingerprint(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engine import Engine, make_fingerprints
+from .engine import Engine, library_versions, make_fingerprints
 from .metrics import summarize
 from .queries import Query
 from .store import Timer
@@ -76,6 +77,7 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
     ranked["verbatim"] = [engine.verbatim.search(t, k_cand)[1].tolist() for t in texts]
 
     ranked["gif"], timings["gif"] = [], []
+    abstained: list[bool] = []
     if influence:
         for name in [f"combined_a{alphas[0]:g}+influence", f"combined_a{alphas[0]:g}+influence_norm",
                      "gif+influence"]:
@@ -94,6 +96,7 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
         ms["total"] = (time.perf_counter() - t_start) * 1000 + encode_ms - timer.ms["encode"]
         ranked["gif"].append(cand.rows[order].tolist())
         timings["gif"].append(ms)
+        abstained.append(engine.ranker.confidence(scores[order]) < engine.ranker.threshold)
         if influence:
             rows = np.asarray(ranked[base][i], dtype=np.int64)
             raw, norm, _ = engine.influence_for(e_q[i], int(lab_q[i]), rows)
@@ -112,7 +115,7 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
         for j, (q, rl) in enumerate(zip(queries, lists, strict=True)):
             row = {"qid": q.qid, "kind": q.kind, "source_ids": list(q.source_ids),
                    "ranked_ids": [ids[r] for r in rl[:max(k, 10)] if r >= 0],
-                   "abstained": False}
+                   "abstained": bool(abstained[j]) if method == "gif" else False}
             if method in timings:
                 row["timings_ms"] = timings[method][j]
             rows_out.append(row)
@@ -125,17 +128,107 @@ def summarize_methods(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any
 
 
 def markdown_table(summary: dict[str, Any], metric_keys: Sequence[str] = ("p@1", "mrr")) -> str:
-    """Methods × query kinds table of P@1 / MRR."""
-    kinds = sorted({k for s in summary.values() for k in s["per_kind"]})
-    head = "| method | " + " | ".join(f"{k} {m}" for k in kinds + ["overall"]
-                                     for m in metric_keys) + " |"
-    lines = [head, "|" + "---|" * (1 + (len(kinds) + 1) * len(metric_keys))]
+    """Methods × query kinds table of P@1 / MRR, with abstention on in-corpus queries and false
+    attribution on out-of-corpus ones (only the default ranking abstains)."""
+    kinds = sorted(k for k in {k for s in summary.values() for k in s["per_kind"]}
+                   if any("p@1" in s["per_kind"].get(k, {}) for s in summary.values()))
+
+    def fmt(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    head = ("| method | " + " | ".join(f"{k} {m}" for k in kinds + ["overall"]
+                                       for m in metric_keys)
+            + " | abstained (in corpus) | false attribution (out of corpus) |")
+    lines = [head, "|" + "---|" * (3 + (len(kinds) + 1) * len(metric_keys))]
     for method, s in summary.items():
         cells = []
         for kind in kinds + ["overall"]:
             block = s["overall"] if kind == "overall" else s["per_kind"].get(kind, {})
-            for m in metric_keys:
-                v = block.get(m)
-                cells.append("–" if v is None else f"{v:.3f}")
+            cells += [fmt(block.get(m)) for m in metric_keys]
+        cells += [fmt(s["overall"].get("abstention_rate")),
+                  fmt(s["overall"].get("false_attribution_rate"))]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def check_queries(engine: Engine, queries: Sequence[Query]) -> None:
+    """Refuse queries the index cannot serve: unknown source ids, image queries on text."""
+    from .errors import InputError
+
+    if not queries:
+        raise InputError("the query set is empty. Give a --queries file with at least one line, "
+                         "or --generate KINDS.")
+    modality = engine.manifest.get("modality", "text")
+    unknown: list[str] = []
+    for q in queries:
+        if q.image is not None and modality == "text":
+            raise InputError(f"query {q.qid!r} is an image query, but this index holds "
+                             f"{modality}. Query an image index, or give a text query.")
+        unknown += [sid for sid in q.source_ids if engine.samples.row_of(sid) is None]
+    if unknown:
+        raise InputError(f"{len(unknown)} source id(s) are not in the index, e.g. "
+                         f"{unknown[:3]}. Fix the query file's source_ids, or use the index the "
+                         f"queries were written for.")
+
+
+def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
+             influence: bool = True, progress=None) -> dict[str, Any]:
+    """Evaluate every method on ``queries`` and write a results folder atomically.
+
+    The folder holds ``metrics.json`` (schema: ``gif_core/schemas/metrics.schema.json``),
+    ``summary.md``, ``rows.jsonl`` (one ranked list per method and query) and plotly figures as
+    HTML. A failure leaves no folder behind (and an existing one untouched).
+    """
+    import json
+
+    from .store import atomic_directory
+
+    check_queries(engine, queries)
+    t0 = time.perf_counter()
+    results = compare_methods(engine, queries, influence=influence, progress=progress)
+    summary = summarize_methods(results)
+    metrics = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "index": str(engine.directory), "index_manifest_sha256": engine.manifest_sha256,
+        "n_queries": len(queries), "kinds": sorted({q.kind for q in queries}),
+        "methods": summary, "default_method": "gif",
+        "seconds": time.perf_counter() - t0, "versions": library_versions(),
+    }
+    with atomic_directory(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "summary.md").write_text(
+            f"# GIF evaluation on {engine.directory}\n\n{len(queries)} queries, kinds: "
+            f"{', '.join(metrics['kinds'])}\n\n## P@1 and MRR\n\n{markdown_table(summary)}\n")
+        with (tmp / "rows.jsonl").open("w") as fh:
+            for method, rows in results.items():
+                for r in rows:
+                    fh.write(json.dumps({"method": method, **r}) + "\n")
+        for name, fig in figures(summary).items():
+            fig.write_html(str(tmp / f"{name}.html"), include_plotlyjs="cdn")
+    return metrics
+
+
+def figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """Plotly figures: P@k per method, P@1 per kind and method, GIF latency by stage."""
+    import plotly.graph_objects as go
+
+    ks = sorted(int(k[2:]) for k in next(iter(summary.values()))["overall"] if k.startswith("p@"))
+    p_at_k = go.Figure()
+    for method, s in summary.items():
+        p_at_k.add_trace(go.Scatter(x=ks, y=[s["overall"].get(f"p@{k}") for k in ks],
+                                    mode="lines+markers", name=method))
+    p_at_k.update_layout(title="precision@k", xaxis_title="k", yaxis_title="P@k")
+    kinds = sorted({k for s in summary.values() for k in s["per_kind"]})
+    per_kind = go.Figure()
+    for method, s in summary.items():
+        per_kind.add_trace(go.Bar(x=kinds, y=[s["per_kind"].get(k, {}).get("p@1")
+                                              for k in kinds], name=method))
+    per_kind.update_layout(title="P@1 per query kind", barmode="group")
+    lat = summary.get("gif", {}).get("latency_ms", {})
+    latency = go.Figure(go.Bar(x=list(lat), y=[v.get("p50") for v in lat.values()], name="p50"))
+    latency.add_trace(go.Bar(x=list(lat), y=[v.get("p95") for v in lat.values()], name="p95"))
+    latency.update_layout(title="GIF query latency by stage (ms)", barmode="group")
+    return {"p_at_k": p_at_k, "per_kind": per_kind, "latency": latency}

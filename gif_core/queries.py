@@ -570,7 +570,9 @@ def generate_queries(
     samples run out a warning is logged and fewer queries are returned for that kind.
 
     ``paraphrase`` queries are written in batches by ``paraphraser`` (default:
-    :func:`gif_core.paraphrase.default_paraphraser`); degenerate outputs are dropped.
+    :func:`gif_core.paraphrase.default_paraphraser`); degenerate outputs are dropped. Their
+    ``meta["seed"]`` is the seed of the batch they were generated in, so they are reproduced by
+    calling this function again with the same arguments, not by :func:`perturb`.
     Query ids are ``f"{kind}-{i:05d}"``.
     """
     _check_samples(samples)

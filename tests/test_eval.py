@@ -1,0 +1,54 @@
+"""`gif eval`: results folder, schema, and refusal of query sets the index cannot serve."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import pytest
+
+from gif_core.cli import main
+from gif_core.errors import InputError
+from gif_core.evaluate import run_eval
+from gif_core.queries import Query, generate_queries
+
+
+def test_eval_writes_valid_metrics(engine, wiki_slice, tmp_path):
+    queries = generate_queries([(s.id, s.text) for s in wiki_slice], ["exact", "word_drop"], 8,
+                               seed=9)
+    out = tmp_path / "ev"
+    metrics = run_eval(engine, queries, out, influence=False)
+    schema = json.loads(resources.files("gif_core").joinpath("schemas/metrics.schema.json")
+                        .read_text())
+    on_disk = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(on_disk, schema)
+    assert on_disk["n_queries"] == 16
+    assert metrics["methods"]["gif"]["per_kind"]["exact"]["p@1"] == 1.0
+    assert metrics["methods"]["gif"]["per_kind"]["word_drop"]["p@1"] >= 0.875
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "summary.md", "rows.jsonl",
+                                               "p_at_k.html"}
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert sum(r["method"] == "bm25" for r in rows) == 16
+
+
+def test_unknown_source_ids_leave_no_folder(engine, tmp_path):
+    q = [Query("q1", "some text", ["not-an-id"], "exact")]
+    with pytest.raises(InputError, match="not in the index"):
+        run_eval(engine, q, tmp_path / "ev", influence=False)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_image_query_on_text_index(engine, tmp_path):
+    q = [Query("q1", None, [], "crop", image="x.png")]
+    with pytest.raises(InputError, match="image query"):
+        run_eval(engine, q, tmp_path / "ev", influence=False)
+
+
+def test_cli_eval_reports_bad_query_file(small_index, tmp_path, capsys):
+    qf = tmp_path / "q.jsonl"
+    qf.write_text('{"qid": "a", "source_ids": ["x"], "kind": "exact"}\n')
+    assert main(["eval", str(small_index), "--queries", str(qf), "--out",
+                 str(tmp_path / "ev")]) == 2
+    assert "line 1" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
