@@ -98,8 +98,11 @@ PROJECTION_KINDS = ("dense", "kronecker")
 class ProjectionConfig:
     """Seeded random projection ``c = P g`` of the per-sample gradient to ``m`` dims."""
 
-    kind: str = "kronecker"
-    """``dense``: Gaussian P generated block by block; ``kronecker``: per-layer factors."""
+    kind: str = "dense"
+    """``dense``: Gaussian P generated block by block; ``kronecker``: per-layer factors. Dense is
+    the default: at m = 128 its cosines correlate 0.81 with exact gradient cosines on the demo
+    probe, against 0.58 for Kronecker, whose small per-layer blocks keep distances poorly
+    (benchmarks/gradient_signatures.py)."""
     dim: int = 128
     """m; for ``kronecker`` it is split over the layers (each gets about m / L dims)."""
     seed: int = 0
@@ -108,7 +111,7 @@ class ProjectionConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind in PROJECTION_KINDS, "projection.kind", f"one of {PROJECTION_KINDS}",
-               self.kind, "Use 'kronecker'.")
+               self.kind, "Use 'dense'.")
         _check(self.dim >= 3, "projection.dim", ">= 3", self.dim, "Use 128.")
         _check(self.block >= 1, "projection.block", ">= 1", self.block, "Use 4096.")
 
@@ -204,7 +207,7 @@ class BuildConfig:
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     chunk_size: int = 2048
     """Samples encoded and fingerprinted at a time; bounds build memory."""
-    ranker_queries: int = 600
+    ranker_queries: int = 900
     """Planted-provenance queries generated from the corpus to fit the fusion ranker."""
 
     def __post_init__(self) -> None:

@@ -347,7 +347,7 @@ class Engine:
         with timer.stage("rank"):
             scores = self.ranker.score(cand.features)
             order = np.argsort(-scores, kind="stable")
-            confidence = self.ranker.confidence(scores[order])
+            confidence = self.ranker.confidence(scores, cand.features)
             top = order[:k]
         infl = infl_n = None
         solver: dict[str, Any] = {}

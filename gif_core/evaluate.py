@@ -96,7 +96,8 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
         ms["total"] = (time.perf_counter() - t_start) * 1000 + encode_ms - timer.ms["encode"]
         ranked["gif"].append(cand.rows[order].tolist())
         timings["gif"].append(ms)
-        abstained.append(engine.ranker.confidence(scores[order]) < engine.ranker.threshold)
+        abstained.append(engine.ranker.confidence(scores, cand.features)
+                         < engine.ranker.threshold)
         if influence:
             rows = np.asarray(ranked[base][i], dtype=np.int64)
             raw, norm, _ = engine.influence_for(e_q[i], int(lab_q[i]), rows)

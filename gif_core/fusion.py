@@ -7,7 +7,10 @@ random samples) with a listwise softmax loss: the true source should out-score e
 candidate of its query. A second, two-feature logistic model maps the top candidate's score and
 its margin over the runner-up to a calibrated probability that the top candidate is a true source;
 it is fitted on the same planted queries plus "null" queries whose true source is masked out,
-which stand in for outputs with no source in the index. Below ``threshold`` the engine abstains.
+which stand in for outputs with no source in the index. Its inputs are the top score, the margin
+over the runner-up and the top candidate's raw evidence (:data:`CALIBRATION_FEATURES`), so that a
+noisy but unmistakable copy (a big margin, many shared words) is not mistaken for a null. Below
+``threshold`` the engine abstains.
 """
 
 from __future__ import annotations
@@ -60,28 +63,39 @@ def feature_matrix(cos_e, cos_c, bm25, bm25_ideal, verbatim, rank_ann, rank_lex,
     return x  # (K, F)
 
 
+CALIBRATION_FEATURES = ("top_score", "margin", "cos_e", "bm25_abs", "verbatim")
+_CALIB_FROM_FEATURES = tuple(FEATURES.index(n) for n in CALIBRATION_FEATURES[2:])
+
+
+def calibration_features(scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """(top score, margin over the runner-up, top candidate's cos_e, bm25_abs, verbatim)."""
+    order = np.argsort(-scores, kind="stable")
+    top = float(scores[order[0]])
+    margin = top - float(scores[order[1]]) if len(order) > 1 else top
+    return np.array([top, margin, *features[order[0], list(_CALIB_FROM_FEATURES)]],
+                    dtype=np.float64)
+
+
 @dataclass
 class Ranker:
     """Linear scorer over :data:`FEATURES` plus the abstention calibration."""
 
     weights: list[float]
     features: tuple[str, ...] = FEATURES
-    calib: list[float] = field(default_factory=lambda: [8.0, 8.0, -4.0])
-    """Logistic coefficients on (top score, margin over runner-up) and the intercept."""
+    calib: list[float] = field(default_factory=lambda: [0.5, 1.0, 4.0, 2.0, 2.0, -8.0])
+    """Logistic coefficients on :data:`CALIBRATION_FEATURES`, then the intercept."""
     threshold: float = 0.5
     report: dict[str, Any] = field(default_factory=dict)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return x @ np.asarray(self.weights, dtype=np.float32)
 
-    def confidence(self, scores_sorted: np.ndarray) -> float:
-        """P(top candidate is a true source) from the descending candidate scores."""
-        if scores_sorted.size == 0:
+    def confidence(self, scores: np.ndarray, features: np.ndarray) -> float:
+        """P(top candidate is a true source), from all candidates' scores (K,) and features."""
+        if scores.size == 0:
             return 0.0
-        top = float(scores_sorted[0])
-        margin = top - float(scores_sorted[1]) if scores_sorted.size > 1 else top
-        a, b, c = self.calib
-        return float(1.0 / (1.0 + np.exp(-(a * top + b * margin + c))))
+        z = calibration_features(scores, features) @ np.asarray(self.calib[:-1]) + self.calib[-1]
+        return float(1.0 / (1.0 + np.exp(-z)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "features": list(self.features), "calib": self.calib,
@@ -137,18 +151,16 @@ def fit_ranker(groups: list[tuple[np.ndarray, np.ndarray]], null_groups: list[np
     weights = w.detach().numpy()
     ranker = Ranker(weights=[float(v) for v in weights])
 
-    # calibration: (top score, margin) -> was the top candidate a true source?
+    # calibration: was the top candidate a true source?
     rows, labels = [], []
     for x, y in usable:
         s = x @ weights
-        order = np.argsort(-s)
-        rows.append(_calib_features(s[order]))
-        labels.append(float(y[order[0]]))
+        rows.append(calibration_features(s, x))
+        labels.append(float(y[np.argmax(s)]))
     for x in null_groups:
         if len(x) == 0:
             continue
-        s = np.sort(x @ weights)[::-1]
-        rows.append(_calib_features(s))
+        rows.append(calibration_features(x @ weights, x))
         labels.append(0.0)
     ranker.calib = _fit_logistic(np.asarray(rows), np.asarray(labels))
     p1 = float(np.mean([y[np.argmax(x @ weights)] for x, y in usable]))
@@ -159,15 +171,9 @@ def fit_ranker(groups: list[tuple[np.ndarray, np.ndarray]], null_groups: list[np
     return ranker
 
 
-def _calib_features(scores_sorted: np.ndarray) -> list[float]:
-    top = float(scores_sorted[0])
-    margin = top - float(scores_sorted[1]) if len(scores_sorted) > 1 else top
-    return [top, margin]
-
-
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> list[float]:
     if len(set(y.tolist())) < 2:
-        return [8.0, 8.0, -4.0]
+        return Ranker.default().calib
     xt = torch.as_tensor(np.hstack([x, np.ones((len(x), 1))]), dtype=torch.float64)
     yt = torch.as_tensor(y, dtype=torch.float64)
     w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
