@@ -183,6 +183,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .evidence import EVIDENCE_FILE, export_evidence
+
+    if not args.text.strip():
+        raise InputError("--text is empty or whitespace only. Paste the model output to trace.")
+    engine = Engine.load(args.index, device=args.device)
+    out = export_evidence(engine, args.text, args.out, k=args.k, zip=args.zip)
+    print(f"wrote {out}" + ("" if args.zip else f" ({EVIDENCE_FILE}, report.html, query.txt, "
+                                                 f"query.jsonl)"))
+    print(f"check it later with: gif verify {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .evidence import verify_evidence
+
+    report = verify_evidence(args.evidence, index=args.index, device=args.device)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .api import TOKEN_ENV, check_bind, serve
+
+    token = os.environ.get(TOKEN_ENV) or None
+    check_bind(args.host, token)
+    print(f"serving {args.index} on http://{args.host}:{args.port} (bearer token "
+          f"{'required' if token else 'not required'}; Ctrl-C stops)", file=sys.stderr)
+    serve(args.index, host=args.host, port=args.port, token=token, device=args.device,
+          log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gif", description="Trace model outputs to training samples.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -238,6 +274,31 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("index")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    ev = sub.add_parser("evidence", help="write a re-checkable evidence package for one query")
+    ev.add_argument("index")
+    ev.add_argument("--text", required=True, help="the model output to trace")
+    ev.add_argument("--out", required=True, help="folder to write (or .zip with --zip)")
+    ev.add_argument("--zip", action="store_true", help="write one .zip file instead")
+    ev.add_argument("-k", type=int, default=10)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_evidence)
+
+    vf = sub.add_parser("verify", help="re-run an evidence package's query and compare "
+                                       "(exit 0 verified, 1 mismatch, 2 error)")
+    vf.add_argument("evidence", help="evidence folder, its evidence.json, or .zip")
+    vf.add_argument("--index", help="index folder, if it moved since the evidence was written")
+    vf.add_argument("--device", default="auto")
+    vf.set_defaults(func=cmd_verify)
+
+    sv = sub.add_parser("serve", help="HTTP API over an index (POST /query, /evidence; GET "
+                                      "/info, /health, /openapi.json)")
+    sv.add_argument("index")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="bind address; any but loopback needs GIF_API_TOKEN set")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--device", default="auto")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

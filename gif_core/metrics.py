@@ -175,6 +175,8 @@ def _in_corpus_block(rows: list[dict], ks: Sequence[int]) -> dict[str, Any]:
             out[f"r@{k}"] = None
         out["mrr"] = None
         out["abstention_rate"] = None
+        out["p@1_ranking"] = None
+        out["mrr_ranking"] = None
         return out
     scored = [([] if r.get("abstained", False) else r["ranked_ids"], r["source_ids"]) for r in rows]
     for k in ks:
@@ -183,6 +185,10 @@ def _in_corpus_block(rows: list[dict], ks: Sequence[int]) -> dict[str, Any]:
         out[f"r@{k}"] = sum(recall_at_k(rk, src, k) for rk, src in scored) / n
     out["mrr"] = sum(reciprocal_rank(rk, src) for rk, src in scored) / n
     out["abstention_rate"] = sum(1 for r in rows if r.get("abstained", False)) / n
+    # the ranking alone, abstentions ignored: comparable with methods that never abstain
+    out["p@1_ranking"] = sum(precision_at_k(r["ranked_ids"], r["source_ids"], 1)
+                             for r in rows) / n
+    out["mrr_ranking"] = sum(reciprocal_rank(r["ranked_ids"], r["source_ids"]) for r in rows) / n
     return out
 
 

@@ -185,6 +185,8 @@ def test_summarize_custom_ks_and_empty_groups():
         "r@2",
         "mrr",
         "abstention_rate",
+        "p@1_ranking",
+        "mrr_ranking",
         "n_out_of_corpus",
         "false_attribution_rate",
     }
@@ -206,3 +208,16 @@ def test_summarize_bad_rows():
         summarize([{**ROWS[0], "ranked_ids": "abc"}])
     with pytest.raises(InputError, match="ks is empty"):
         summarize(ROWS, ks=())
+
+
+def test_ranking_metrics_ignore_abstention():
+    rows = [
+        {"qid": "a", "kind": "k", "ranked_ids": ["s1", "x"], "source_ids": ["s1"],
+         "abstained": True},
+        {"qid": "b", "kind": "k", "ranked_ids": ["x", "s2"], "source_ids": ["s2"],
+         "abstained": False},
+    ]
+    o = summarize(rows)["overall"]
+    assert o["p@1"] == 0.0 and o["mrr"] == pytest.approx(0.25)
+    assert o["p@1_ranking"] == 0.5 and o["mrr_ranking"] == pytest.approx(0.75)
+    assert o["abstention_rate"] == 0.5

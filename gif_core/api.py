@@ -1,0 +1,210 @@
+"""HTTP backend: a FastAPI app over one loaded index.
+
+    POST /query     {"text": ..., "k": 10, "influence": true}  -> attribution JSON
+                    (schema: gif_core/schemas/attribution.schema.json, as `gif query --json`)
+    POST /evidence  {"text": ..., "k": 10}   -> the content of an evidence.json
+    GET  /info      manifest summary of the index
+    GET  /health    {"status": "ok"} (never needs a token)
+    GET  /openapi.json, /docs   FastAPI's OpenAPI schema and viewer
+
+The engine is loaded once, when the app is made; requests run in FastAPI's thread pool and are
+serialised with a lock, because the engine's torch thread settings are process-global.
+
+Errors come back as JSON ``{"error": "..."}``: a user error (:class:`GIFError`) as HTTP 400, a
+malformed body as 422, a missing or wrong token as 401, anything else as 500 with no stack trace
+(the trace goes to the server log).
+
+``gif serve`` binds 127.0.0.1 by default. Binding any other address needs a bearer token in the
+environment variable ``GIF_API_TOKEN`` (:func:`check_bind` refuses otherwise); when a token is
+set, every endpoint except ``/health`` needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .errors import GIFError, InputError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "GIF_API_TOKEN"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MIN_TOKEN_CHARS = 16
+MAX_K = 100
+OPEN_PATHS = frozenset({"/health"})
+
+
+class QueryBody(BaseModel):
+    text: str = Field(description="the model output to trace")
+    k: int = Field(10, ge=1, le=MAX_K, description="results returned")
+    influence: bool = Field(True, description="compute influence evidence")
+
+
+class EvidenceBody(BaseModel):
+    text: str = Field(description="the model output to trace")
+    k: int = Field(10, ge=1, le=MAX_K, description="results recorded")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to serve on a non-loopback address without a strong bearer token.
+
+    Raises:
+        InputError: ``host`` is reachable from other machines and ``token`` is unset or short.
+    """
+    if is_loopback(host):
+        return
+    if not token:
+        raise InputError(
+            f"--host {host} exposes the API beyond this machine, so it needs a bearer token: set "
+            f"{TOKEN_ENV} (e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; "
+            f"print(secrets.token_urlsafe(32))')`) and send `Authorization: Bearer <token>`. "
+            f"Or keep the default --host {DEFAULT_HOST}.")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise InputError(
+            f"{TOKEN_ENV} has {len(token)} characters; a token guarding --host {host} needs at "
+            f"least {MIN_TOKEN_CHARS}. Use a random one, e.g. "
+            f"`python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
+
+
+def manifest_summary(engine) -> dict[str, Any]:
+    """What GET /info returns: the index's identity and size, not its full manifest."""
+    m = engine.manifest
+    counts = m.get("counts", {})
+    return {
+        "index": str(Path(engine.directory).resolve()),
+        "manifest_sha256": engine.manifest_sha256,
+        "format_version": m.get("format_version"),
+        "index_version": m.get("index_version"),
+        "modality": m.get("modality"),
+        "corpus": m.get("corpus"),
+        "created_unix": m.get("created_unix"),
+        "samples": counts.get("samples"),
+        "clusters": counts.get("clusters"),
+        "probe_params": counts.get("probe_params"),
+        "projection_dim": counts.get("projection_dim"),
+        "encoder": m.get("encoder"),
+        "faiss_factory": m.get("faiss_factory"),
+        "built_with": m.get("versions"),
+        "abstention_threshold": getattr(engine.ranker, "threshold", None),
+        "device": str(engine.device),
+    }
+
+
+def create_app(index_dir: str | Path, *, token: str | None = None, engine=None,
+               device: str = "auto"):
+    """Make the FastAPI app for the index at ``index_dir``.
+
+    Args:
+        index_dir: the index folder; loaded once, here.
+        token: when set, every endpoint except /health needs ``Authorization: Bearer <token>``.
+        engine: an already loaded engine for ``index_dir`` (tests, embedding); skips loading.
+        device: device for loading the engine.
+    """
+    from .evidence import build_evidence, validate_attribution
+
+    if engine is None:
+        from .engine import Engine
+
+        engine = Engine.load(index_dir, device=device)
+    lock = threading.Lock()
+
+    app = FastAPI(
+        title="GIF provenance API", version=__version__,
+        description="Trace model outputs to the training samples they most likely came from. "
+                    "Attribution JSON follows gif_core/schemas/attribution.schema.json.")
+    app.state.engine = engine
+    app.state.lock = lock
+
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+    if token:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next):
+            if request.url.path not in OPEN_PATHS:
+                got = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(got, expected):
+                    return error(401, "missing or wrong bearer token: send the header "
+                                      "`Authorization: Bearer <token>` with the server's "
+                                      f"{TOKEN_ENV}.", **{"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
+
+    @app.exception_handler(GIFError)
+    async def gif_error(request: Request, exc: GIFError):
+        return error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return error(422, "invalid request: " + "; ".join(parts)
+                     + '. Send JSON like {"text": "...", "k": 10}.')
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error(500, "internal error; the server log has the details.")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return manifest_summary(engine)
+
+    @app.post("/query")
+    def query(body: QueryBody) -> JSONResponse:
+        with lock:
+            att = engine.attribute(body.text, k=body.k, influence=body.influence).to_dict()
+        validate_attribution(att)
+        return JSONResponse(att)
+
+    @app.post("/evidence")
+    def evidence(body: EvidenceBody) -> JSONResponse:
+        with lock:
+            ev = build_evidence(engine, body.text, k=body.k)
+        return JSONResponse(ev)
+
+    return app
+
+
+def serve(index_dir: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          token: str | None = None, device: str = "auto", log_level: str = "info") -> None:
+    """Check the bind address, load the index and run uvicorn until interrupted."""
+    import uvicorn
+
+    check_bind(host, token)
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} is out of range; use 1-65535.")
+    app = create_app(index_dir, token=token, device=device)
+    log.info("serving %s on http://%s:%d (token %s)", index_dir, host, port,
+             "required" if token else "not required")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
