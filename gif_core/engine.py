@@ -155,7 +155,9 @@ class Attribution:
 
 
 @dataclass
-class _Candidates:
+class Candidates:
+    """Every candidate any channel proposed for one query, with its evidence (K rows)."""
+
     rows: np.ndarray
     features: np.ndarray
     cos_e: np.ndarray
@@ -251,10 +253,13 @@ class Engine:
 
     # -- candidates and evidence ----------------------------------------------------------
 
-    def _candidates(self, text: str, timer: Timer, k_cand: int,
+    def candidates(self, text: str, timer: Timer, k_cand: int,
                     exclude: set[int] | None = None,
                     fingerprint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-                    ) -> _Candidates:
+                    ) -> Candidates:
+        """Candidates from the ANN, BM25 and verbatim channels (``k_cand`` each) and their
+        features. ``exclude`` drops rows (used to simulate outputs with no source);
+        ``fingerprint`` passes a precomputed (e, label, c) to skip the encoder."""
         with timer.stage("encode"):
             e_y, lab_y, c_y = fingerprint or self.fingerprint([text])
         fp = self.config.fingerprint
@@ -291,7 +296,7 @@ class Engine:
             names = ("ann", "lexical", "verbatim")
             channels = [[names[c] for c in range(3) if rank_of[c][j] > 0]
                         for j in range(len(rows))]
-        return _Candidates(rows, feats, cos_e, cos_c, bm25, verbatim, channels, e_y[0],
+        return Candidates(rows, feats, cos_e, cos_c, bm25, verbatim, channels, e_y[0],
                            c_y[0], int(lab_y[0]))
 
     # -- influence ------------------------------------------------------------------------
@@ -343,7 +348,7 @@ class Engine:
             raise InputError(f"k must be >= 1, got {k}.")
         timer = Timer()
         t0 = time.perf_counter()
-        cand = self._candidates(text, timer, candidates or self.config.index.candidates)
+        cand = self.candidates(text, timer, candidates or self.config.index.candidates)
         with timer.stage("rank"):
             scores = self.ranker.score(cand.features)
             order = np.argsort(-scores, kind="stable")
@@ -548,11 +553,11 @@ def fit_build_ranker(engine: Engine, samples: Sequence[Sample], n_queries: int,
         fp = (e[j:j + 1], lab[j:j + 1], c[j:j + 1])
         # every third query has its source masked: a stand-in for outputs with no source
         if i % 3 == 2:
-            cand = engine._candidates(text, timer, k_cand, exclude={row}, fingerprint=fp)
+            cand = engine.candidates(text, timer, k_cand, exclude={row}, fingerprint=fp)
             if len(cand.rows):
                 nulls.append(cand.features)
         else:
-            cand = engine._candidates(text, timer, k_cand, fingerprint=fp)
+            cand = engine.candidates(text, timer, k_cand, fingerprint=fp)
             groups.append((cand.features, cand.rows == row))
         progress("ranker", j + 1, len(planted))
     return fit_ranker(groups, nulls)

@@ -87,7 +87,7 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
         timer = Timer()
         t_start = time.perf_counter()
         fp = (e_q[i:i + 1], lab_q[i:i + 1], c_q[i:i + 1])
-        cand = engine._candidates(text, timer, k_cand, fingerprint=fp)
+        cand = engine.candidates(text, timer, k_cand, fingerprint=fp)
         with timer.stage("rank"):
             scores = engine.ranker.score(cand.features)
             order = np.argsort(-scores, kind="stable")
