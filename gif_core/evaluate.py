@@ -216,7 +216,8 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     """Plotly figures: P@k per method, P@1 per kind and method, GIF latency by stage."""
     import plotly.graph_objects as go
 
-    ks = sorted(int(k[2:]) for k in next(iter(summary.values()))["overall"] if k.startswith("p@"))
+    ks = sorted(int(k[2:]) for k in next(iter(summary.values()))["overall"]
+                if k.startswith("p@") and k[2:].isdigit())
     p_at_k = go.Figure()
     for method, s in summary.items():
         p_at_k.add_trace(go.Scatter(x=ks, y=[s["overall"].get(f"p@{k}") for k in ks],
