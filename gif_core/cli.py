@@ -6,6 +6,8 @@
     gif eval INDEX --generate word_drop,typos,out_of_corpus --out DIR
     gif eval INDEX --queries Q.jsonl --out DIR
     gif info INDEX
+    gif influence-check INDEX --json [--queries N] [--subsets M] [--solvers lissa,cg,...]
+    gif counterfactual INDEX --text "..." [-k 10]
 """
 
 from __future__ import annotations
@@ -219,6 +221,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_influence_check(args: argparse.Namespace) -> int:
+    from .influence_check import CheckConfig, check_index
+
+    solvers = tuple(s.strip() for s in args.solvers.split(",") if s.strip())
+    cfg = CheckConfig(train_rows=args.train_rows, queries=args.queries, subsets=args.subsets,
+                      solvers=solvers, hidden=args.hidden, proj_dim=args.proj_dim,
+                      trak=not args.no_trak, seed=args.seed)
+    out = check_index(args.index, cfg)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    for name, r in out["solvers"].items():
+        print(f"{name:>22}: LDS {r.get('lds', float('nan')):+.3f}  LOO "
+              f"{r.get('loo_spearman', float('nan')):+.3f}  {r.get('seconds', 0) * 1000:.1f} ms"
+              + (f"  err {r['rel_err_vs_exact']:.3f}" if "rel_err_vs_exact" in r else "")
+              + (f"  ({r['error']})" if "error" in r else ""))
+    return 0
+
+
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    from .counterfactual import counterfactual
+    from .engine import Engine
+
+    if not args.text.strip():
+        raise InputError("--text is empty or whitespace only. Paste the model output to trace.")
+    out = counterfactual(Engine.load(args.index, device=args.device), args.text, k=args.k,
+                         steps=args.steps, rank=args.rank)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    print(f"query loss {out['loss_before']:.4f}; after {out['steps']} retraining steps: "
+          f"{out['loss_baseline']:.4f} with all rows, {out['loss_removed']:.4f} without the top "
+          f"{out['k']} (effect {out['effect']:+.5f}); {out['k']} random rows removed: "
+          f"{out['control_effect_mean']:+.5f} ± {out['control_effect_std']:.5f}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gif", description="Trace model outputs to training samples.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -299,6 +338,32 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8765)
     sv.add_argument("--device", default="auto")
     sv.set_defaults(func=cmd_serve)
+
+    ic = sub.add_parser("influence-check", help="influence solvers against probe retraining "
+                                                "(LDS, leave-one-out, TRAK)")
+    ic.add_argument("index")
+    ic.add_argument("--json", action="store_true")
+    ic.add_argument("--queries", type=int, default=20)
+    ic.add_argument("--subsets", type=int, default=32)
+    ic.add_argument("--train-rows", type=int, default=2000, help="seeded subsample retrained on")
+    ic.add_argument("--solvers", default="lissa,cg,explicit,preconditioned,preconditioned_fisher")
+    ic.add_argument("--hidden", type=int, default=16, help="check probe width (explicit needs "
+                                                           "small p)")
+    ic.add_argument("--proj-dim", type=int, default=512)
+    ic.add_argument("--no-trak", action="store_true", help="skip the traker comparison")
+    ic.add_argument("--seed", type=int, default=0)
+    ic.set_defaults(func=cmd_influence_check)
+
+    cf = sub.add_parser("counterfactual", help="retrain the probe without a query's top-k "
+                                               "sources and report the loss change")
+    cf.add_argument("index")
+    cf.add_argument("--text", required=True)
+    cf.add_argument("-k", type=int, default=10)
+    cf.add_argument("--steps", type=int, default=30, help="warm-start L-BFGS iterations")
+    cf.add_argument("--rank", default="attribution", choices=["attribution", "influence"])
+    cf.add_argument("--json", action="store_true")
+    cf.add_argument("--device", default="auto")
+    cf.set_defaults(func=cmd_counterfactual)
     return p
 
 

