@@ -88,54 +88,90 @@ def _print_attribution(att, qid=None) -> None:
             print(f"     shared: \"{s['text'][:90]}\"")
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from .engine import Engine
+def _read_query_lines(path: Path) -> list[tuple[object, object, str | None]]:
+    """Parse a ``--queries`` file up front: (qid, text, error) per non-blank line.
 
-    if (args.text is None) == (args.queries is None):
-        raise InputError("give exactly one of --text or --queries.")
-    if args.text is not None and not args.text.strip():
-        raise InputError("--text is empty or whitespace only. Paste the model output to trace.")
-    engine = Engine.load(args.index, device=args.device)
-    if args.text is not None:
-        att = engine.attribute(args.text, k=args.k, influence=not args.no_influence)
-        if args.json:
-            print(json.dumps(att.to_dict(), ensure_ascii=False))
-        else:
-            _print_attribution(att)
-        return 0
-    path = Path(args.queries)
-    if not path.exists():
-        raise InputError(f"--queries {str(path)!r} does not exist.")
-    status = 0
+    A malformed line becomes an error entry for that line alone; the other lines still run.
+    """
+    if not path.is_file():
+        raise InputError(f"--queries {str(path)!r} does not exist or is not a file.")
+    entries: list[tuple[object, object, str | None]] = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
-                raise InputError(f"{path}:{lineno}: not valid UTF-8. Re-encode the file.") from None
+                entries.append((lineno, None, f"{path}:{lineno}: not valid UTF-8. Re-encode the "
+                                               f"file as UTF-8."))
+                continue
             if not line:
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg}). Each line must be "
-                                 f'{{"qid": ..., "text": ...}}.') from None
+                entries.append((lineno, None, f"{path}:{lineno}: not valid JSON ({exc.msg}). "
+                                              f'Each line must be {{"qid": ..., "text": ...}}.'))
+                continue
             if not isinstance(obj, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object.")
-            qid = obj.get("qid", lineno)
+                entries.append((lineno, None, f"{path}:{lineno}: expected a JSON object such as "
+                                              f'{{"qid": "q1", "text": "..."}}.'))
+                continue
+            entries.append((obj.get("qid", lineno), obj.get("text"), None))
+    return entries
+
+
+def _query_text(args: argparse.Namespace) -> str | None:
+    if args.text_file is not None:
+        if args.text_file == "-":
+            return sys.stdin.read()
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise InputError(f"--text-file {str(path)!r} does not exist or is not a file.")
+        try:
+            return path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"--text-file {str(path)!r}: bytes at offset {exc.start} are not "
+                             f"valid UTF-8. Re-encode the file as UTF-8.") from None
+    return args.text
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .engine import Engine, validate_text
+
+    given = [a for a in (args.text, args.text_file, args.queries) if a is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one of --text, --text-file or --queries.")
+    if args.k < 1:
+        raise InputError(f"-k must be >= 1, got {args.k}.")
+    text = _query_text(args)
+    entries = _read_query_lines(Path(args.queries)) if args.queries is not None else None
+    if text is not None:
+        validate_text(text)
+    engine = Engine.load(args.index, device=args.device)
+    if text is not None:
+        att = engine.attribute(text, k=args.k, influence=not args.no_influence)
+        if args.json:
+            print(json.dumps(att.to_dict(), ensure_ascii=False))
+        else:
+            _print_attribution(att)
+        return 0
+    status = 0
+    for qid, qtext, error in entries:
+        if error is None:
             try:
-                att = engine.attribute(obj.get("text"), k=args.k,
-                                       influence=not args.no_influence)
+                att = engine.attribute(qtext, k=args.k, influence=not args.no_influence)
                 out = {"qid": qid, **att.to_dict()}
             except GIFError as exc:
-                out = {"qid": qid, "error": str(exc)}
-                status = 1
-            if args.json:
-                print(json.dumps(out, ensure_ascii=False), flush=True)
-            elif "error" in out:
-                print(f"[{qid}] error: {out['error']}")
-            else:
-                _print_attribution(att, qid)
+                error = str(exc)
+        if error is not None:
+            out = {"qid": qid, "error": error}
+            status = 1
+        if args.json:
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        elif error is not None:
+            print(f"[{qid}] error: {error}")
+        else:
+            _print_attribution(att, qid)
     return status
 
 
@@ -288,6 +324,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="trace a text to its likely sources")
     q.add_argument("index")
     q.add_argument("--text")
+    q.add_argument("--text-file", help="read the output to trace from a file ('-' = stdin)")
     q.add_argument("--queries", help='JSONL file of {"qid", "text"} lines')
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--json", action="store_true")

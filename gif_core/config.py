@@ -77,7 +77,7 @@ class ProbeConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-3
     """L2 strength λ in ``loss + λ/2 |θ|²``; it is also the Hessian's floor (H ⪰ λI at a minimum)."""
-    lbfgs_steps: int = 50
+    lbfgs_steps: int = 500
     """Full-batch L-BFGS steps after Adam so the gradients are taken at a converged point."""
     seed: int = 0
 
@@ -88,7 +88,7 @@ class ProbeConfig:
         _check(self.lr > 0, "probe.lr", "> 0", self.lr, "Use 3e-3.")
         _check(self.weight_decay > 0, "probe.weight_decay", "> 0 (it keeps H invertible)",
                self.weight_decay, "Use 1e-3.")
-        _check(self.lbfgs_steps >= 0, "probe.lbfgs_steps", ">= 0", self.lbfgs_steps, "Use 50.")
+        _check(self.lbfgs_steps >= 0, "probe.lbfgs_steps", ">= 0", self.lbfgs_steps, "Use 500.")
 
 
 PROJECTION_KINDS = ("dense", "kronecker")

@@ -158,6 +158,8 @@ def read_corpus(source: str | Path, *, text_field: str = "text", id_field: str =
         CorpusError: unknown format, missing file, bad bytes, missing text field, duplicate ids.
     """
     name = str(source)
+    if limit is not None and limit < 1:
+        raise CorpusError(f"limit must be >= 1, got {limit}. Leave it out to use every sample.")
     if name.startswith("pkg:"):
         samples = packaged_corpus(name[4:])
     else:

@@ -33,7 +33,7 @@ from . import __version__
 from .config import BuildConfig
 from .data import Sample
 from .encoders import TextEncoder, resolve_device
-from .errors import ConfigError, IndexFormatError, InputError
+from .errors import ConfigError, GIFError, IndexFormatError, InputError
 from .fusion import Ranker, feature_matrix, fit_ranker
 from .influence import HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
@@ -46,7 +46,9 @@ from .store import (
     SampleStore,
     Timer,
     atomic_directory,
+    check_files,
     dir_bytes,
+    file_sizes,
     load_array,
     read_manifest,
     write_json_atomic,
@@ -170,7 +172,7 @@ class Candidates:
     label_y: int
 
 
-def _validate_text(text: Any) -> str:
+def validate_text(text: Any) -> str:
     if not isinstance(text, str):
         raise InputError(f"query text must be a string, got {type(text).__name__}.")
     if not text.strip():
@@ -178,6 +180,13 @@ def _validate_text(text: Any) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise InputError(f"query text has {len(text):,} characters; the limit is "
                          f"{MAX_QUERY_CHARS:,}. Split it and query the parts.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # lone surrogates: what undecodable bytes become on a command line or in JSON
+        raise InputError(f"query text is not valid Unicode (character {exc.start} is a lone "
+                         f"surrogate, typically from bytes that are not UTF-8). Re-encode the "
+                         f"text as UTF-8.") from None
     return text
 
 
@@ -191,6 +200,18 @@ class Engine:
             self.manifest = json.loads((self.directory / "manifest.partial.json").read_text())
         else:
             self.manifest = read_manifest(self.directory)
+            check_files(self.directory, self.manifest)
+        try:
+            self._open(device, encoder)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            if isinstance(exc, GIFError):
+                raise
+            raise IndexFormatError(
+                f"index {str(self.directory)!r} cannot be opened: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. A file is damaged or missing; "
+                f"rebuild it with `gif build`.") from exc
+
+    def _open(self, device: str, encoder: TextEncoder | None) -> None:
         self.config = BuildConfig.from_dict(self.manifest["config"])
         self.device = resolve_device(device)
         d = self.directory
@@ -343,7 +364,7 @@ class Engine:
             influence: compute influence evidence for the returned results.
             spans: compute the shared verbatim spans of the returned results.
         """
-        text = _validate_text(text)
+        text = validate_text(text)
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}.")
         timer = Timer()
@@ -481,6 +502,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
             np.save(tmp / "centroids.npy", centroids)
             save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
                       str(tmp / "probe.safetensors"))
+            (tmp / "probe.safetensors").chmod(0o644)
         with timer.stage("curvature"):
             rows = np.arange(n) if n <= HVP_SAMPLE else np.sort(
                 np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
@@ -521,6 +543,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
         manifest["build_ms"]["total"] = round((time.perf_counter() - t_start) * 1000, 1)
         manifest["bytes_on_disk"] = dir_bytes(tmp)
         (tmp / "manifest.partial.json").unlink()
+        manifest["files"] = file_sizes(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
     log.info("built %s: %d samples in %.1fs", out, n, manifest["build_ms"]["total"] / 1000)
     return manifest

@@ -80,19 +80,23 @@ def train_probe(e: np.ndarray, labels: np.ndarray, num_classes: int, config: Pro
             opt.step()
             sched.step()
 
-    # full-batch L-BFGS polishes θ to a stationary point of the regularised objective
+    # full-batch L-BFGS polishes θ towards a stationary point of the regularised objective
+    # (influence functions assume one); float64, since float32 stalls at |∇| ≈ 1e-2 here
     if config.lbfgs_steps:
+        model.double()
+        x64 = x.double()
         lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=config.lbfgs_steps,
-                                  history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  history_size=20, tolerance_grad=1e-7, tolerance_change=1e-14,
                                   line_search_fn="strong_wolfe")
 
         def closure():
             lbfgs.zero_grad(set_to_none=True)
-            loss = regularised_loss(model, x, y, config.weight_decay)
+            loss = regularised_loss(model, x64, y, config.weight_decay)
             loss.backward()
             return loss
 
         lbfgs.step(closure)
+        model.float()
 
     model.zero_grad(set_to_none=True)
     loss = regularised_loss(model, x, y, config.weight_decay)

@@ -158,6 +158,33 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def file_sizes(directory: Path) -> dict[str, int]:
+    """Byte size of every file in an index directory, by relative path (for the manifest)."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): p.stat().st_size
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an index whose files are missing or of another size than the build wrote.
+
+    A cheap guard against truncated or swapped files; content hashes would cost a full read.
+    """
+    expected = manifest.get("files")
+    if not expected:
+        return
+    problems = []
+    for name, size in expected.items():
+        path = Path(directory) / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the build wrote {size}")
+    if problems:
+        raise IndexFormatError(f"index {str(directory)!r} is damaged: {'; '.join(problems[:3])}"
+                               f"{' …' if len(problems) > 3 else ''}. Rebuild it with `gif build`.")
+
+
 def dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
 

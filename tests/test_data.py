@@ -88,3 +88,10 @@ def test_packaged_corpora():
     assert len(wn) > 100_000 and wn[0].text.startswith("entity: ")
     fortunes = fortunes_samples()
     assert len(fortunes) > 5000 and len({s.id for s in fortunes}) == len(fortunes)
+
+
+def test_limit_must_be_positive(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"id": "a", "text": "x"}\n')
+    with pytest.raises(CorpusError, match="limit must be >= 1"):
+        read_corpus(p, limit=-5)
