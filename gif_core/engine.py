@@ -66,7 +66,7 @@ MAX_QUERY_CHARS = 1_000_000
 HVP_SAMPLE = 50_000
 """Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
-                "exact")
+                "exact", "rewrite")
 SNIPPET_CHARS = 300
 
 
@@ -546,6 +546,26 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
         manifest["files"] = file_sizes(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
     log.info("built %s: %d samples in %.1fs", out, n, manifest["build_ms"]["total"] / 1000)
+    return manifest
+
+
+def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Fit the fusion ranker of an existing index again (after an upgrade of the ranker) and
+    write ``ranker.json`` and the manifest atomically; the index version is incremented.
+    """
+    engine = Engine(directory)
+    n_queries = engine.config.ranker_queries if n_queries is None else n_queries
+    samples = [Sample(r["id"], r["text"], r["sha256"])
+               for r in (engine.samples.record(i) for i in range(len(engine)))]
+    ranker = fit_build_ranker(engine, samples, n_queries, progress or _noop)
+    d = engine.directory
+    write_json_atomic(d / "ranker.json", ranker.to_dict())
+    manifest = dict(engine.manifest)
+    manifest["ranker"] = ranker.report
+    manifest["index_version"] = int(manifest.get("index_version", 1)) + 1
+    manifest["files"] = file_sizes(d)
+    write_json_atomic(d / MANIFEST, manifest)
     return manifest
 
 

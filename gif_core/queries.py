@@ -377,6 +377,21 @@ def synonym(
     return _rejoin(text, out)
 
 
+def rewrite(text: str, rng: np.random.Generator, synonym_rate: float = 0.5,
+            drop_rate: float = 0.3) -> str:
+    """A loose rewrite that keeps the meaning but little of the wording: WordNet synonyms for
+    ``synonym_rate`` of the content words, the sentences reordered, then ``drop_rate`` of the
+    words dropped (no typos).
+
+    A cheap stand-in for a paraphrase: it shares few exact phrases with the source, so a ranker
+    or calibration fitted on it learns to trust a clear semantic match, not only shared wording.
+    """
+    out = synonym(text, rng, rate=synonym_rate)
+    if len(split_sentences(out)) > 1:
+        out = sentence_shuffle(out, rng)
+    return word_drop(out, rng, drop_rate=drop_rate, typo_rate=0.0)
+
+
 def _paraphrase_kind(text: str, rng: np.random.Generator) -> str:
     """Rewrite ``text`` with the default :class:`gif_core.paraphrase.Paraphraser`.
 
@@ -400,6 +415,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "synonym": synonym,
     "chatty": chatty,
     "ocr": ocr,
+    "rewrite": rewrite,
     "paraphrase": _paraphrase_kind,
 }
 """Perturbation registry: kind name -> ``fn(text, rng) -> str``."""
