@@ -203,6 +203,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit_ranker(args: argparse.Namespace) -> int:
+    from .engine import refit_ranker
+
+    manifest = refit_ranker(args.index, args.ranker_queries, progress=_progress_bars(args.quiet))
+    print(f"refitted the fusion ranker of {args.index} on {manifest['ranker'].get('planted_queries')}"
+          f" planted + {manifest['ranker'].get('null_queries')} null queries; index version "
+          f"{manifest['index_version']}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import dir_bytes, read_manifest
 
@@ -345,6 +355,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    rr = sub.add_parser("refit-ranker", help="fit an index's fusion ranker again, in place")
+    rr.add_argument("index")
+    rr.add_argument("--ranker-queries", type=int, default=None)
+    rr.add_argument("-q", "--quiet", action="store_true")
+    rr.set_defaults(func=cmd_refit_ranker)
 
     i = sub.add_parser("info", help="show an index's manifest")
     i.add_argument("index")
