@@ -214,3 +214,18 @@ def test_cli_text_file(small_index, wiki_slice, tmp_path, capsys):
                  "--no-influence"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["id"] == wiki_slice[12].id
     assert main(["query", str(small_index), "--text-file", str(f), "-k", "0"]) == 2
+
+
+def test_refit_ranker_in_place(tmp_path, small_index, wiki_slice, encoder):
+    import shutil
+
+    from gif_core.engine import refit_ranker
+
+    copy = tmp_path / "idx"
+    shutil.copytree(small_index, copy)
+    manifest = refit_ranker(copy, 90)
+    assert manifest["index_version"] == 2
+    assert manifest["ranker"]["fitted"] and manifest["ranker"]["planted_queries"] >= 50
+    e = Engine.load(copy, encoder=encoder)
+    att = e.attribute(wiki_slice[33].text, k=1, influence=False)
+    assert att.results[0].id == wiki_slice[33].id and att.index_version == 2
