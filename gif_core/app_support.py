@@ -145,14 +145,8 @@ class Verdict:
 
 def verdict(att) -> Verdict:
     """What the page says above the table: the source found, or that GIF abstains."""
-    conf = f"{att.confidence:.0%}"
-    if att.abstained or not att.results:
-        return Verdict(False, f"No confident source (confidence {conf})",
-                       "None of the candidates below is likely to be where this text came from; "
-                       "they are shown only for inspection.")
-    top = att.results[0]
-    return Verdict(True, f"Source found: {top.id} (confidence {conf})",
-                   f"Channels that retrieved it: {', '.join(top.channels) or 'none'}.")
+    headline, detail = att.verdict()
+    return Verdict(not att.abstained and bool(att.results), headline, detail)
 
 
 TABLE_COLUMNS = ["rank", "id", "fused score", "similarity", "BM25", "verbatim coverage",

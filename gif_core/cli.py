@@ -76,9 +76,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _print_attribution(att, qid=None) -> None:
     head = f"[{qid}] " if qid is not None else ""
-    state = "NO CONFIDENT SOURCE" if att.abstained else "source found"
-    print(f"{head}{state} (confidence {att.confidence:.2f}); "
+    headline, detail = att.verdict()
+    print(f"{head}{headline.upper() if att.abstained else headline}; "
           f"{att.timings_ms.get('total', 0):.0f} ms")
+    print(f"  {detail}")
     for r in att.results:
         infl = "" if r.influence is None else f" infl {r.influence_normalised:+.2f}"
         print(f"{r.rank:>3}. {r.id}  score {r.score:.2f} sim {r.similarity:.3f} "

@@ -68,6 +68,10 @@ HVP_SAMPLE = 50_000
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
                 "exact", "rewrite")
 SNIPPET_CHARS = 300
+SEMANTIC_HINT = 0.7
+"""Embedding cosine above which an abstention names the nearest sample in meaning (display
+only; it changes neither the ranking nor the abstention). MiniLM paraphrase pairs mostly score
+above it, unrelated texts on the same broad topic mostly below."""
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -154,6 +158,30 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def verdict(self) -> tuple[str, str]:
+        """(headline, detail) in words for a person: the source found, or why GIF abstains."""
+        conf = f"confidence {self.confidence:.0%}"
+        if not self.results:
+            return f"No confident source ({conf})", "No candidate was found."
+        top = self.results[0]
+        if not self.abstained:
+            shared = sum(s["query_end"] - s["query_start"] for s in top.spans)
+            return (f"Source found: {top.id} ({conf})",
+                    f"Found by {', '.join(top.channels)}; {shared:,} characters in shared "
+                    f"passages; similarity {top.similarity:.2f}.")
+        if top.spans:
+            return (f"No confident source ({conf})",
+                    f"{top.id} shares passages with the text, but not enough to tell it from "
+                    f"other samples; the candidates are shown for inspection.")
+        if top.similarity >= SEMANTIC_HINT:
+            return (f"No confident source ({conf}); nearest in meaning: {top.id}",
+                    f"{top.id} is close in meaning (similarity {top.similarity:.2f}) but shares "
+                    f"no passage with the text: a paraphrase of it and independent text on the "
+                    f"same topic cannot be told apart.")
+        return (f"No confident source ({conf})",
+                "None of the candidates is likely to be where this text came from; they are "
+                "shown for inspection.")
 
 
 @dataclass

@@ -23,6 +23,7 @@ def test_exact_copy_ranks_its_source_first(engine, wiki_slice):
         assert not att.abstained
         assert att.results[0].verbatim == pytest.approx(1.0)
         assert att.results[0].spans[0]["source_start"] == 0
+        assert att.verdict()[0].startswith(f"Source found: {s.id} ")
 
 
 def test_perturbed_copies_rank_their_source_first(engine, wiki_slice):
@@ -55,6 +56,7 @@ def test_out_of_corpus_text_abstains(engine):
                            "whole afternoon of patience before it is ready for the oven.")
     assert att.abstained
     assert att.confidence < 0.5
+    assert att.verdict()[0].startswith("No confident source")
 
 
 def test_same_query_same_results(engine, wiki_slice):
