@@ -26,6 +26,7 @@ import numpy as np
 
 from gif_core.errors import IndexFormatError, InputError
 from gif_core.normalize import tokenize
+from gif_core.store import read_component_meta
 
 logger = logging.getLogger(__name__)
 
@@ -167,22 +168,8 @@ class LexicalIndex:
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
 
         d = Path(directory)
-        meta_path = d / _META_NAME
-        missing = [n for n in (*_BM25S_FILES, _META_NAME) if not (d / n).exists()]
-        if missing:
-            raise IndexFormatError(
-                f"lexical index at {d} is missing {', '.join(missing)}; rebuild the index"
-            )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"{meta_path} is unreadable ({exc}); rebuild the index") from exc
-        if meta.get("format") != "gif-lexical" or meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{meta_path} has format {meta.get('format')!r} version "
-                f"{meta.get('format_version')!r}, expected 'gif-lexical' version {FORMAT_VERSION}; "
-                "rebuild the index with this version of GIF"
-            )
+        meta = read_component_meta(d, _META_NAME, "gif-lexical", FORMAT_VERSION, _BM25S_FILES,
+                                   "lexical")
         try:
             bm25 = bm25s.BM25.load(str(d), mmap=bool(mmap), load_corpus=False, show_progress=False)
         except (OSError, ValueError, KeyError) as exc:

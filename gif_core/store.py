@@ -158,6 +158,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def read_component_meta(directory: Path, meta_name: str, fmt: str, version: int,
+                        required: tuple[str, ...], label: str) -> dict[str, Any]:
+    """Check that a component folder (lexical/, verbatim/) is complete and of this version, and
+    return its metadata; every problem is an :class:`IndexFormatError` that says to rebuild."""
+    d = Path(directory)
+    missing = [n for n in (*required, meta_name) if not (d / n).exists()]
+    if missing:
+        raise IndexFormatError(f"{label} index at {d} is missing {', '.join(missing)}; rebuild "
+                               f"the index")
+    meta_path = d / meta_name
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(f"{meta_path} is unreadable ({exc}); rebuild the index") from exc
+    if meta.get("format") != fmt or meta.get("format_version") != version:
+        raise IndexFormatError(
+            f"{meta_path} has format {meta.get('format')!r} version "
+            f"{meta.get('format_version')!r}, expected {fmt!r} version {version}; rebuild the "
+            f"index with this version of GIF")
+    return meta
+
+
 def file_sizes(directory: Path) -> dict[str, int]:
     """Byte size of every file in an index directory, by relative path (for the manifest)."""
     directory = Path(directory)

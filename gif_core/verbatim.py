@@ -41,6 +41,7 @@ import numpy as np
 from gif_core.errors import IndexFormatError, InputError
 from gif_core.lexical import _check_k, _check_query, _check_texts, rank_sparse
 from gif_core.normalize import normalize_text, normalize_with_bounds, token_spans, verbatim_tokens
+from gif_core.store import read_component_meta
 
 logger = logging.getLogger(__name__)
 
@@ -269,23 +270,9 @@ class VerbatimIndex:
     def load(cls, directory: str | Path, *, mmap: bool = True) -> VerbatimIndex:
         """Open an index written by :meth:`save`; arrays are memory-mapped by default."""
         d = Path(directory)
-        meta_path = d / _META_NAME
         names = [f"verbatim_{a}.npy" for a in _ARRAYS]
-        missing = [x for x in (*names, _META_NAME) if not (d / x).exists()]
-        if missing:
-            raise IndexFormatError(
-                f"verbatim index at {d} is missing {', '.join(missing)}; rebuild the index"
-            )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"{meta_path} is unreadable ({exc}); rebuild the index") from exc
-        if meta.get("format") != "gif-verbatim" or meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{meta_path} has format {meta.get('format')!r} version "
-                f"{meta.get('format_version')!r}, expected 'gif-verbatim' version {FORMAT_VERSION}; "
-                "rebuild the index with this version of GIF"
-            )
+        meta = read_component_meta(d, _META_NAME, "gif-verbatim", FORMAT_VERSION, tuple(names),
+                                   "verbatim")
         mode = "r" if mmap else None
         try:
             keys, docs, stop = (np.load(d / x, mmap_mode=mode, allow_pickle=False) for x in names)
