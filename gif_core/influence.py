@@ -236,15 +236,22 @@ def conjugate_gradient(op: HessianOperator, v: torch.Tensor, config: InfluenceCo
     return x, SolveReport("cg", it, time.perf_counter() - t0, residual=math.sqrt(rs) / bnorm)
 
 
-@on_one_thread
-def explicit_solve(op: HessianOperator, v: torch.Tensor) -> tuple[torch.Tensor, SolveReport]:
-    t0 = time.perf_counter()
+def cholesky_factor(op: HessianOperator) -> torch.Tensor:
+    """Cholesky factor (float64) of the damped curvature; formed once, reused per query."""
     h = op.dense().double()
     try:
-        chol = torch.linalg.cholesky(h)
+        return torch.linalg.cholesky(h)
     except torch.linalg.LinAlgError as exc:
         raise SolverError("explicit: H + damping·I is not positive definite; raise "
                           "influence.damping.") from exc
+
+
+@on_one_thread
+def explicit_solve(op: HessianOperator, v: torch.Tensor, chol: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, SolveReport]:
+    """Exact ``(H + damping·I)⁻¹ v``; pass ``chol`` from :func:`cholesky_factor` to skip forming H."""
+    t0 = time.perf_counter()
+    chol = cholesky_factor(op) if chol is None else chol
     x = torch.cholesky_solve(v.double().unsqueeze(1), chol).squeeze(1).to(v.dtype)
     return x, SolveReport("explicit", 1, time.perf_counter() - t0)
 
@@ -258,13 +265,16 @@ class InfluenceScorer:
         self.op = HessianOperator(model, train_e, train_y, weight_decay, config.damping,
                                   config.curvature)
         self.scale = scale
+        self._chol: torch.Tensor | None = None
 
     def inverse_hvp(self, v: torch.Tensor) -> tuple[torch.Tensor, SolveReport]:
         if self.config.solver == "lissa":
             return lissa(self.op, v, self.config, self.scale)
         if self.config.solver == "cg":
             return conjugate_gradient(self.op, v, self.config)
-        return explicit_solve(self.op, v)
+        if self._chol is None:
+            self._chol = cholesky_factor(self.op)
+        return explicit_solve(self.op, v, self._chol)
 
     def score(self, e_query: torch.Tensor, y_query: torch.Tensor, e_cand: torch.Tensor,
               y_cand: torch.Tensor) -> tuple[np.ndarray, np.ndarray, SolveReport]:

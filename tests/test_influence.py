@@ -83,3 +83,18 @@ def test_scorer_sign_and_normalisation(tiny):
     # a sample is the strongest supporter of itself: most negative influence, cosine near +1
     assert int(np.argmin(infl)) == 0 and int(np.argmax(norm)) == 0
     assert np.all(np.abs(norm) <= 1 + 1e-5)
+
+
+def test_explicit_scorer_factors_once_and_matches_cg(tiny):
+    model, e, y = tiny
+    cfg = InfluenceConfig(solver="explicit", damping=0.05)
+    scorer = InfluenceScorer(model, e, y, 1e-2, cfg, 1.0)
+    infl, _, _ = scorer.score(e[3], y[3], e[:30], y[:30])
+    chol = scorer._chol
+    infl2, _, _ = scorer.score(e[4], y[4], e[:30], y[:30])
+    assert scorer._chol is chol  # the factor is reused, not formed again
+    cg = InfluenceScorer(model, e, y, 1e-2, InfluenceConfig(solver="cg", depth=300,
+                                                              damping=0.05), 1.0)
+    ref, _, _ = cg.score(e[3], y[3], e[:30], y[:30])
+    np.testing.assert_allclose(infl, ref, rtol=1e-3, atol=1e-5)
+    assert not np.allclose(infl, infl2)
