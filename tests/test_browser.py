@@ -1,0 +1,272 @@
+"""End to end: the Streamlit explorer served by ``streamlit run`` on a tiny real index (the
+session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright.
+
+Marked ``browser`` (deselected by default): ``bash scripts/test.sh -m browser``. Needs
+``/usr/bin/chromium`` (``apt-get install chromium``, or ``GIF_BROWSER_TESTS=1 bash
+scripts/setup.sh``); Playwright's own browser download is never used. Without chromium the tests
+skip, unless ``GIF_BROWSER_TESTS=1``, where they fail. Screenshots of each page go to a temporary
+folder, or to ``runs/screenshots/`` when ``GIF_SCREENSHOTS`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync",
+                 # containers often have a small /dev/shm; Debian's wrapper script that would add
+                 # this flag is not run reliably, so it is passed here
+                 "--disable-dev-shm-usage"]
+START_TIMEOUT_S = 120  # server up and answering /_stcore/health
+PAGE_TIMEOUT_MS = 120_000  # first render loads the encoder; the Clusters page fits UMAP
+VIEWPORT = {"width": 1400, "height": 1000}
+SAMPLE = 37  # the corpus sample whose first sentence is pasted
+
+
+def _required() -> bool:
+    return os.environ.get("GIF_BROWSER_TESTS") == "1"
+
+
+def _unavailable(reason: str) -> None:
+    if _required():
+        pytest.fail(f"GIF_BROWSER_TESTS=1 but {reason}")
+    pytest.skip(f"{reason} (set GIF_BROWSER_TESTS=1 to make this a failure)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_available():
+    """Skip (or fail) before any session fixture, such as the index build, is paid for."""
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing: apt-get install chromium, or run "
+                     "GIF_BROWSER_TESTS=1 bash scripts/setup.sh")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("the playwright Python package is not installed (pip install -e '.[dev]')")
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    b = playwright_api.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                       headless=True)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("GIF_SCREENSHOTS"):
+        out = ROOT / "runs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def server(playwright_api, small_index, tmp_path_factory):
+    """``streamlit run app.py`` on 127.0.0.1 and a free port, pointed at ``small_index``; its
+    base URL. The server is always stopped afterwards."""
+    work = tmp_path_factory.mktemp("streamlit")
+    log = work / "server.log"
+    port = _free_port()
+    env = dict(os.environ, GIF_CACHE_DIR=str(work / "cache"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+           "--server.address", "127.0.0.1", "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+           "--", "--index", str(small_index)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{_log_tail(log)}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{_log_tail(log)}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+    # a Python traceback in the server log means a page failed even if the DOM looked fine
+    assert "Traceback" not in _log_tail(log, 200_000), _log_tail(log)
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of ``text`` with at least 60 characters, exactly as in the corpus."""
+    for m in re.finditer(r"(?<=[.!?])\s", text):
+        if m.start() >= 60:
+            return text[:m.start()]
+    return text
+
+
+def _no_exception(page) -> None:
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def _open(page, nav_label: str) -> None:
+    """Switch page with the sidebar navigation (same session, so the last query carries)."""
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=nav_label).click()
+
+
+def _grid_row(grid, row: int) -> list[str]:
+    """The cell texts of a data row of an ``st.dataframe``. The grid paints on a canvas and
+    mirrors its cells in a hidden accessible table, which is read here."""
+    cells = grid.locator('[role="row"]').nth(row + 1).locator('[role="gridcell"]')
+    cells.first.wait_for(state="attached")
+    return [c.strip() for c in cells.all_text_contents()]
+
+
+def _shoot(page, path: Path) -> None:
+    """A screenshot of the whole page. Streamlit scrolls inside its main container, not the
+    document, so the viewport is made as tall as that container's content for the shot."""
+    width = page.viewport_size["width"]
+    height = page.evaluate(
+        "() => Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll("
+        "'[data-testid=\"stMain\"], [data-testid=\"stAppViewContainer\"]'),"
+        " e => e.scrollHeight))")
+    page.set_viewport_size({"width": width, "height": min(max(height, 600), 8000)})
+    page.wait_for_timeout(500)  # let charts re-layout to the new size
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": VIEWPORT["height"]})
+
+
+def _metric(page, label: str):
+    """The value element of the ``st.metric`` labelled ``label``."""
+    box = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=label))
+    return box.locator('[data-testid="stMetricValue"]')
+
+
+def _wait_idle(page) -> None:
+    """Until the script run has finished (no running indicator, no spinner)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]') &&"
+        " !document.querySelector('[data-testid=\"stSpinner\"]')")
+
+
+def test_explorer_in_chromium(server, page, shots, wiki_slice):
+    from playwright.sync_api import expect
+
+    sample = wiki_slice[SAMPLE]
+    sentence = _first_sentence(sample.text)
+    assert sentence in sample.text and len(sentence) >= 60
+
+    # -- Attribute: paste an exact corpus sentence, trace it ---------------------------------
+    page.goto(server)
+    page.get_by_role("heading", name="Where did this text come from?").wait_for()
+    box = page.get_by_label("Model output")
+    box.fill(sentence)
+    box.press("Tab")  # commit the text area before the button sends its click
+    page.get_by_role("button", name="Trace sources").click()
+    verdict = page.locator('[data-testid="stAlertContentSuccess"]')
+    verdict.wait_for()
+    assert f"Source found: {sample.id}" in verdict.inner_text()
+    page.get_by_role("heading", name="Ranked candidates").wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    # the results grid: first row's id is the sample (the grid mirrors its cells in an
+    # accessible table)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for()
+    assert _grid_row(grid, 0)[:2] == ["1", sample.id]
+    # the pasted sentence is one shared span, highlighted on both sides
+    viewer = page.locator(".gif-viewer")
+    viewer.wait_for()
+    assert viewer.locator(".gif-query mark.gif-span").count() == 1
+    assert viewer.locator(".gif-source mark.gif-span").count() == 1
+    assert viewer.locator(".gif-query mark.gif-span").inner_text() == sentence
+    assert viewer.locator(".gif-source mark.gif-span").inner_text() == sentence
+    assert f"Source: {sample.id}" in viewer.locator(".gif-source").inner_text()
+    assert page.get_by_text("(100%)").count() >= 1
+    _shoot(page, shots / "attribute.png")
+
+    # -- Clusters: the map, with the query and its sources placed ------------------------------
+    _open(page, "Clusters")
+    page.get_by_role("heading", name="Map of the index").wait_for()
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+    page.get_by_text("your last query").wait_for()
+    page.get_by_text(re.compile(r"\d+ clusters shown; map")).wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    caption = page.get_by_text(re.compile(r"\d+ clusters shown; map")).inner_text()
+    assert int(caption.split()[0]) >= 2, caption
+    placed = page.locator('[data-testid="stDataFrame"]').first
+    query_row, source_row = _grid_row(placed, 0), _grid_row(placed, 1)
+    assert "query" in query_row and "transform" in query_row, query_row
+    assert sample.id in source_row, source_row
+    assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 1
+    _shoot(page, shots / "clusters.png")
+
+    # -- Index: the manifest of the loaded index -------------------------------------------
+    _open(page, "Index")
+    page.get_by_role("heading", name="Manifest").wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    expect(_metric(page, "Samples")).to_have_text(f"{len(wiki_slice)}")
+    expect(_metric(page, "Clusters")).to_have_text(re.compile(r"^\d+$"))
+    assert int(_metric(page, "Clusters").inner_text()) >= 2
+    manifest = page.locator('[data-testid="stDataFrame"]').first
+    assert _grid_row(manifest, 2) == ["samples", f"{len(wiki_slice)}"]
+    page.get_by_role("heading", name="Available indexes").wait_for()
+    _shoot(page, shots / "index.png")
