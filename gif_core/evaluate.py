@@ -25,7 +25,7 @@ import numpy as np
 
 from .engine import Engine, library_versions, make_fingerprints
 from .metrics import summarize
-from .queries import Query
+from .queries import Query, write_queries
 from .store import Timer
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
     """Evaluate every method on ``queries`` and write a results folder atomically.
 
     The folder holds ``metrics.json`` (schema: ``gif_core/schemas/metrics.schema.json``),
-    ``summary.md``, ``rows.jsonl`` (one ranked list per method and query) and plotly figures as
+    ``summary.md``, ``queries.jsonl`` (the query set, re-usable with ``--queries``),
+    ``rows.jsonl`` (one ranked list per method and query) and plotly figures as
     HTML. A failure leaves no folder behind (and an existing one untouched).
     """
     import json
@@ -203,6 +204,8 @@ def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
         (tmp / "summary.md").write_text(
             f"# GIF evaluation on {engine.directory}\n\n{len(queries)} queries, kinds: "
             f"{', '.join(metrics['kinds'])}\n\n## P@1 and MRR\n\n{markdown_table(summary)}\n")
+        # the queries themselves, so that an expensive set (LM paraphrases) can be scored again
+        write_queries(tmp / "queries.jsonl", queries)
         with (tmp / "rows.jsonl").open("w") as fh:
             for method, rows in results.items():
                 for r in rows:

@@ -27,7 +27,10 @@ def test_eval_writes_valid_metrics(engine, wiki_slice, tmp_path):
     assert metrics["methods"]["gif"]["per_kind"]["exact"]["p@1"] == 1.0
     assert metrics["methods"]["gif"]["per_kind"]["word_drop"]["p@1"] >= 0.875
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "summary.md", "rows.jsonl",
-                                               "p_at_k.html"}
+                                               "queries.jsonl", "p_at_k.html"}
+    from gif_core.queries import read_queries
+
+    assert [q.text for q in read_queries(out / "queries.jsonl")] == [q.text for q in queries]
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert sum(r["method"] == "bm25" for r in rows) == 16
 
