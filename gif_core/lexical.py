@@ -81,6 +81,16 @@ def _check_query(query: object) -> str:
     return query
 
 
+def _check_rows(rows: object, n: int) -> np.ndarray:
+    """Row positions as an array; each must be an integer in [0, n)."""
+    rows = np.asarray(rows)
+    if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0
+                      or rows.max() >= n):
+        raise InputError(f"rows must be integers in [0, {n}); got dtype {rows.dtype} "
+                         f"and range [{rows.min()}, {rows.max()}]")
+    return rows
+
+
 def _check_texts(texts: object) -> Sequence[str]:
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise InputError(
@@ -249,14 +259,7 @@ class LexicalIndex:
 
     def score_rows(self, query: str, rows: np.ndarray) -> np.ndarray:
         """BM25 score (float32) of ``query`` against each of ``rows`` (0 where nothing is shared)."""
-        rows = np.asarray(rows)
-        if rows.size and (
-            not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self._n
-        ):
-            raise InputError(
-                f"rows must be integers in [0, {self._n}); got dtype {rows.dtype} "
-                f"and range [{rows.min()}, {rows.max()}]"
-            )
+        rows = _check_rows(rows, self._n)
         out = np.zeros(rows.shape, dtype=np.float32)
         tid, _, _, _ = self._query_terms(query)
         if tid.size == 0 or rows.size == 0:

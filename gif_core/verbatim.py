@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from gif_core.errors import IndexFormatError, InputError
-from gif_core.lexical import _check_k, _check_query, _check_texts, rank_sparse
+from gif_core.lexical import _check_k, _check_query, _check_rows, _check_texts, rank_sparse
 from gif_core.normalize import normalize_text, normalize_with_bounds, token_spans, verbatim_tokens
 from gif_core.store import read_component_meta
 
@@ -354,14 +354,7 @@ class VerbatimIndex:
 
     def coverage_rows(self, query: str, rows: np.ndarray) -> np.ndarray:
         """Coverage (float32) of ``query`` in each of ``rows``."""
-        rows = np.asarray(rows)
-        if rows.size and (
-            not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self._n
-        ):
-            raise InputError(
-                f"rows must be integers in [0, {self._n}); got dtype {rows.dtype} "
-                f"and range [{rows.min()}, {rows.max()}]"
-            )
+        rows = _check_rows(rows, self._n)
         out = np.zeros(rows.shape, dtype=np.float32)
         hit_rows, counts, q = self._counts(query)
         if hit_rows.size == 0 or rows.size == 0:
