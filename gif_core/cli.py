@@ -77,7 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _print_attribution(att, qid=None) -> None:
     head = f"[{qid}] " if qid is not None else ""
     headline, detail = att.verdict()
-    print(f"{head}{headline.upper() if att.abstained else headline}; "
+    print(f"{head}{headline}; "
           f"{att.timings_ms.get('total', 0):.0f} ms")
     print(f"  {detail}")
     for r in att.results:
