@@ -191,11 +191,6 @@ class LexicalIndex:
             )
         return cls(bm25, meta)
 
-    @staticmethod
-    def nbytes_on_disk(directory: str | Path) -> int:
-        """Bytes used by the lexical index files in ``directory``."""
-        return nbytes_on_disk(directory)
-
     @property
     def num_docs(self) -> int:
         return self._n

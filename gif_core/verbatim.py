@@ -293,11 +293,6 @@ class VerbatimIndex:
             )
         return cls(keys, docs, stop, meta)
 
-    @staticmethod
-    def nbytes_on_disk(directory: str | Path) -> int:
-        """Bytes used by the verbatim index files in ``directory``."""
-        return nbytes_on_disk(directory)
-
     @property
     def num_docs(self) -> int:
         return self._n

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gif_core.errors import IndexFormatError, InputError
-from gif_core.lexical import MAX_QUERY_TERMS, LexicalIndex
+from gif_core.lexical import MAX_QUERY_TERMS, LexicalIndex, nbytes_on_disk
 
 CJK_DOCS = [
     "长城是中国古代修建的军事防御工程，东西绵延上万里，被认为是世界上最伟大的建筑奇迹之一。",
@@ -108,7 +108,7 @@ def test_save_load_round_trip(index: LexicalIndex, texts: list[str], tmp_path: P
     index.save(tmp_path)
     loaded = LexicalIndex.load(tmp_path, mmap=True)
     assert loaded.num_docs == index.num_docs == len(texts)
-    assert LexicalIndex.nbytes_on_disk(tmp_path) > 0
+    assert nbytes_on_disk(tmp_path) > 0
     for query in (texts[0], texts[321][:200], "impressionism Seurat", "zzqxvb"):
         s1, r1 = index.search(query, 10)
         s2, r2 = loaded.search(query, 10)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gif_core.errors import IndexFormatError, InputError
-from gif_core.verbatim import MAX_QUERY_SHINGLES, Span, VerbatimIndex, find_spans
+from gif_core.verbatim import MAX_QUERY_SHINGLES, Span, VerbatimIndex, find_spans, nbytes_on_disk
 
 CJK_DOCS = [
     "长城是中国古代修建的军事防御工程，东西绵延上万里，被认为是世界上最伟大的建筑奇迹之一。",
@@ -167,7 +167,7 @@ def test_save_load_round_trip(index: VerbatimIndex, texts: list[str], tmp_path: 
     loaded = VerbatimIndex.load(tmp_path, mmap=True)
     assert isinstance(loaded._keys, np.memmap)
     assert loaded.num_docs == len(texts) and loaded.n == 5
-    assert VerbatimIndex.nbytes_on_disk(tmp_path) > 0
+    assert nbytes_on_disk(tmp_path) > 0
     for query in (texts[0], texts[321][:300], PREFIX + SENTENCE, "zzqxvb"):
         c1, r1 = index.search(query, 10)
         c2, r2 = loaded.search(query, 10)
