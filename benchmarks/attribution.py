@@ -38,8 +38,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     engine = Engine.load(args.index)
-    samples = [(engine.samples.record(i)["id"], engine.samples.text(i))
-               for i in range(len(engine))]
+    samples = engine.samples.id_text_pairs()
     queries = generate_queries(samples, args.kinds.split(","), args.n, seed=args.seed)
     t0 = time.perf_counter()
     results = compare_methods(engine, queries, influence=not args.no_influence)

@@ -188,13 +188,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = Engine.load(args.index, device=args.device)
     if queries is None:
         kinds = [k.strip() for k in args.generate.split(",") if k.strip()]
-        samples = [(engine.samples.record(i)["id"], engine.samples.text(i))
-                   for i in range(len(engine))]
+        samples = engine.samples.id_text_pairs()
         planted = [k for k in kinds if k != "out_of_corpus"]
         queries = generate_queries(samples, planted, args.n, seed=args.seed) if planted else []
         if "out_of_corpus" in kinds:
             # held-out real text: fortunes quotes that are not in the index
-            known = {engine.samples.record(i)["sha256"] for i in range(len(engine))}
+            known = {r["sha256"] for r in engine.samples.records()}
             held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
             queries += generate_out_of_corpus(held_out, args.n, seed=args.seed)
     metrics = run_eval(engine, queries, args.out, influence=not args.no_influence,

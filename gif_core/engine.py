@@ -585,7 +585,7 @@ def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
     engine = Engine(directory)
     n_queries = engine.config.ranker_queries if n_queries is None else n_queries
     samples = [Sample(r["id"], r["text"], r["sha256"])
-               for r in (engine.samples.record(i) for i in range(len(engine)))]
+               for r in engine.samples.records()]
     ranker = fit_build_ranker(engine, samples, n_queries, progress or _noop)
     d = engine.directory
     write_json_atomic(d / "ranker.json", ranker.to_dict())

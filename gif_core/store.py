@@ -112,10 +112,18 @@ class SampleStore:
     def text(self, row: int) -> str:
         return self.record(row)["text"]
 
+    def records(self):
+        """Every record in row order, each parsed once."""
+        return (self.record(i) for i in range(len(self)))
+
+    def id_text_pairs(self) -> list[tuple[str, str]]:
+        """(id, text) of every sample in row order: the input of the query generators."""
+        return [(r["id"], r["text"]) for r in self.records()]
+
     @property
     def ids(self) -> list[str]:
         if self._ids is None:
-            self._ids = [self.record(i)["id"] for i in range(len(self))]
+            self._ids = [r["id"] for r in self.records()]
         return self._ids
 
     def row_of(self, sample_id: str) -> int | None:
