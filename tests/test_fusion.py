@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from corpora import CJK_DOCS
 
 from gif_core.config import BuildConfig
 from gif_core.data import Sample, content_hash
@@ -65,13 +66,7 @@ def test_no_shared_tokens_still_gets_semantic_results(engine):
 
 @pytest.fixture(scope="module")
 def mixed_script_engine(tmp_path_factory, wiki_slice, encoder):
-    cjk = [
-        "长城是中国古代修建的军事防御工程，东西绵延上万里，被认为是世界上最伟大的建筑奇迹之一。",
-        "熊猫主要生活在四川、陕西和甘肃的山区竹林里，每天要花十几个小时吃竹子。",
-        "富士山は静岡県と山梨県にまたがる活火山で、標高三千七百七十六メートルの日本最高峰である。",
-        "東京の地下鉄は毎日数百万人の乗客を運び、世界で最も混雑した交通網の一つとして知られている。",
-        "京都には千年以上の歴史を持つ寺院や神社が数多く残り、毎年多くの観光客が訪れる。",
-    ]
+    cjk = [*CJK_DOCS, "京都には千年以上の歴史を持つ寺院や神社が数多く残り、毎年多くの観光客が訪れる。"]
     samples = list(wiki_slice[:80]) + [Sample(f"cjk-{i}", t, content_hash(t))
                                        for i, t in enumerate(cjk)]
     out = tmp_path_factory.mktemp("mixed") / "idx"

@@ -8,27 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpora import CJK_DOCS, wiki_texts
 
 from gif_core.errors import IndexFormatError, InputError
 from gif_core.lexical import MAX_QUERY_TERMS, LexicalIndex, nbytes_on_disk
 
-CJK_DOCS = [
-    "长城是中国古代修建的军事防御工程，东西绵延上万里，被认为是世界上最伟大的建筑奇迹之一。",
-    "熊猫主要生活在四川、陕西和甘肃的山区竹林里，每天要花十几个小时吃竹子。",
-    "富士山は静岡県と山梨県にまたがる活火山で、標高三千七百七十六メートルの日本最高峰である。",
-    "東京の地下鉄は毎日数百万人の乗客を運び、世界で最も混雑した交通網の一つとして知られている。",
-]
-
-
-def load_wiki(n: int = 500) -> list[str]:
-    from gif_core.data import wiki_samples
-
-    return [s.text for s in wiki_samples()[:n]]
-
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return load_wiki()
+    return wiki_texts()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +82,7 @@ def test_score_rows_matches_search(index: LexicalIndex, texts: list[str]) -> Non
 
 
 def test_cjk_exact_copy_rank_one() -> None:
-    corpus = load_wiki(200) + CJK_DOCS
+    corpus = wiki_texts(200) + CJK_DOCS
     idx = LexicalIndex.build(corpus)
     for offset, doc in enumerate(CJK_DOCS):
         _, rows = idx.search(doc, 5)
