@@ -23,10 +23,12 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from gif_core.config import InfluenceConfig
 from gif_core.counterfactual import counterfactual
 from gif_core.engine import Engine
 from gif_core.influence_check import CheckConfig, check_index, time_refinement
@@ -42,6 +44,9 @@ def main() -> int:
     ap.add_argument("--train-rows", type=int, default=2000)
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--counterfactuals", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=0, help="LiSSA terms (default: the index's)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="LiSSA rows per product (default: the index's)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -51,8 +56,12 @@ def main() -> int:
     out: dict = {"index": args.index}
     cfg = CheckConfig(train_rows=args.train_rows, queries=args.queries, subsets=args.subsets,
                       hidden=args.hidden)
-    out["check"] = check_index(args.index, cfg, engine=engine)
-    out["timing"] = time_refinement(engine, ("lissa", "cg", "preconditioned",
+    icfg = engine.config.influence
+    icfg = InfluenceConfig(**{**asdict(icfg), **({"depth": args.depth} if args.depth else {}),
+                              **({"batch_size": args.batch_size} if args.batch_size else {})})
+    engine.config.influence = icfg
+    out["check"] = check_index(args.index, cfg, engine=engine, influence=icfg)
+    out["timing"] = time_refinement(engine, ("ekfac", "lissa", "cg", "preconditioned",
                                              "preconditioned_fisher"))
     rng = np.random.default_rng(7)
     cfs = []

@@ -196,8 +196,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             known = {r["sha256"] for r in engine.samples.records()}
             held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
             queries += generate_out_of_corpus(held_out, args.n, seed=args.seed)
+    try:
+        dims = [int(x) for x in args.proj_dims.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--proj-dims must be comma-separated integers, got "
+                         f"{args.proj_dims!r}. Example: --proj-dims 32,512") from None
+    if any(d < 1 for d in dims):
+        raise InputError(f"--proj-dims must be positive, got {args.proj_dims!r}.")
     metrics = run_eval(engine, queries, args.out, influence=not args.no_influence,
-                       progress=_progress_bars(args.quiet))
+                       proj_dims=dims, png=not args.no_png, progress=_progress_bars(args.quiet))
     print(markdown_table(metrics["methods"]))
     print(f"wrote {args.out}/metrics.json, summary.md, rows.jsonl and figures")
     return 0
@@ -274,7 +281,21 @@ def cmd_influence_check(args: argparse.Namespace) -> int:
     cfg = CheckConfig(train_rows=args.train_rows, queries=args.queries, subsets=args.subsets,
                       solvers=solvers, hidden=args.hidden, proj_dim=args.proj_dim,
                       trak=not args.no_trak, seed=args.seed)
-    out = check_index(args.index, cfg)
+    influence = None
+    if args.depth or args.batch_size or args.damping is not None:
+        from dataclasses import asdict
+
+        from .config import InfluenceConfig
+        from .engine import Engine
+
+        stored = Engine(args.index).config.influence
+        influence = InfluenceConfig(**{**asdict(stored),
+                                       **({"depth": args.depth} if args.depth else {}),
+                                       **({"batch_size": args.batch_size} if args.batch_size
+                                          else {}),
+                                       **({"damping": args.damping} if args.damping is not None
+                                          else {})})
+    out = check_index(args.index, cfg, influence=influence)
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -352,6 +373,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, help="results folder (written atomically)")
     e.add_argument("--no-influence", action="store_true", help="skip the influence ablations")
+    e.add_argument("--proj-dims", default="", help="extra gradient-only ablations at these "
+                                                    "projection sizes m, e.g. 32,512")
+    e.add_argument("--no-png", action="store_true", help="HTML figures only (PNG export needs "
+                                                         "Chrome/Chromium for kaleido)")
     e.add_argument("--device", default="auto")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -399,12 +424,18 @@ def parser() -> argparse.ArgumentParser:
     ic.add_argument("--queries", type=int, default=20)
     ic.add_argument("--subsets", type=int, default=32)
     ic.add_argument("--train-rows", type=int, default=2000, help="seeded subsample retrained on")
-    ic.add_argument("--solvers", default="lissa,cg,explicit,preconditioned,preconditioned_fisher")
+    ic.add_argument("--solvers",
+                    default="lissa,cg,explicit,ekfac,preconditioned,preconditioned_fisher")
     ic.add_argument("--hidden", type=int, default=16, help="check probe width (explicit needs "
                                                            "small p)")
     ic.add_argument("--proj-dim", type=int, default=512)
     ic.add_argument("--no-trak", action="store_true", help="skip the traker comparison")
     ic.add_argument("--seed", type=int, default=0)
+    ic.add_argument("--depth", type=int, default=0, help="LiSSA terms / CG iterations "
+                                                          "(default: the index's)")
+    ic.add_argument("--batch-size", type=int, default=0, help="LiSSA rows per Hessian–vector "
+                                                               "product (default: the index's)")
+    ic.add_argument("--damping", type=float, default=None, help="default: the index's")
     ic.set_defaults(func=cmd_influence_check)
 
     cf = sub.add_parser("counterfactual", help="retrain the probe without a query's top-k "

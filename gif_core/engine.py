@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from .data import Sample
 from .encoders import TextEncoder, resolve_device
 from .errors import ConfigError, GIFError, IndexFormatError, InputError
 from .fusion import Ranker, feature_matrix, fit_ranker
-from .influence import HessianOperator, InfluenceScorer
+from .influence import EKFAC, HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
 from .probe import Probe, train_probe
@@ -359,8 +360,12 @@ class Engine:
             e = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
             y = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
             scale = self.config.influence.scale or self.manifest["influence"]["scale"]
+            ekfac = None
+            path = self.directory / "ekfac.safetensors"
+            if self.config.influence.solver == "ekfac" and path.exists():
+                ekfac = EKFAC.from_state_dict(self.probe, load_file(str(path)))
             self._influence = InfluenceScorer(self.probe, e, y, self.config.probe.weight_decay,
-                                              self.config.influence, scale)
+                                              self.config.influence, scale, ekfac)
         return self._influence
 
     def influence_for(self, e_y: np.ndarray, label_y: int, rows: np.ndarray
@@ -377,7 +382,8 @@ class Engine:
             infl, infl_n, rep = scorer.score(torch.from_numpy(np.asarray(e_y, np.float32)),
                                              torch.tensor(int(label_y)), e_c, y_c)
         return infl, infl_n, {"name": rep.solver, "iterations": rep.iterations,
-                              "restarts": rep.restarts, "scale": rep.scale}
+                              "restarts": rep.restarts,
+                              "scale": rep.scale if math.isfinite(rep.scale) else None}
 
     # -- query ----------------------------------------------------------------------------
 
@@ -538,6 +544,11 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
                                  torch.from_numpy(labels[rows]), config.probe.weight_decay,
                                  config.influence.damping, config.influence.curvature)
             lam_max = op.top_eigenvalue(iters=20)
+            # EK-FAC factors (the default solver's), a few hundred KB, so queries need no setup
+            ekfac = EKFAC(probe, torch.from_numpy(e[rows]), config.probe.weight_decay,
+                          config.influence.damping)
+            save_file(ekfac.state_dict(), str(tmp / "ekfac.safetensors"))
+            (tmp / "ekfac.safetensors").chmod(0o644)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "index_version": 1,

@@ -5,7 +5,8 @@ Every method ranks the same queries in the same process:
 * ``bm25`` — the lexical channel alone; ``verbatim`` — the shingle channel alone;
 * ``embedding_knn`` — exact k-NN on the frozen embeddings ê (the plain semantic baseline; it is
   also GIF's static-only fingerprint);
-* ``gradient_only`` — exact k-NN on the projected gradients ĉ;
+* ``gradient_only`` — exact k-NN on the projected gradients ĉ (the index's m);
+  ``gradient_only_m{m}`` — the same with the gradients projected again to other sizes m;
 * ``combined_a{α}`` — exact k-NN on ``[ê ; α·ĉ]``;
 * ``combined_a{α}+influence`` / ``+influence_norm`` — that method's top-K re-ranked by raw
   support ``-I`` or by normalised influence;
@@ -15,7 +16,10 @@ Every method ranks the same queries in the same process:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,12 +46,37 @@ def _exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
+def _project_all(engine: Engine, dim: int, e_q: np.ndarray, lab_q: np.ndarray,
+                 chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of every indexed row and of the queries, projected to ``dim`` (same kind and
+    seed as the index's projection)."""
+    import torch
+
+    from .projection import make_projector
+    from .threads import single_thread
+
+    cfg = dataclasses.replace(engine.config.projection, dim=dim)
+    proj = make_projector(engine.probe, cfg)
+    n = len(engine)
+    out = np.empty((n, proj.dim), dtype=np.float32)
+    with torch.no_grad(), single_thread():
+        for s in range(0, n, chunk):
+            e = torch.from_numpy(np.asarray(engine.embeddings[s:s + chunk], dtype=np.float32))
+            y = torch.from_numpy(np.asarray(engine.labels[s:s + chunk], dtype=np.int64))
+            out[s:s + chunk] = proj.project(engine.probe, e, y).numpy()
+        q = proj.project(engine.probe, torch.from_numpy(e_q), torch.from_numpy(lab_q)).numpy()
+    return out, q
+
+
 def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
                     alphas: Sequence[float] = DEFAULT_ALPHAS, influence: bool = True,
-                    influence_weight: float = 1.0,
+                    influence_weight: float = 1.0, proj_dims: Sequence[int] = (),
                     progress: Callable[[str, int, int], None] | None = None
                     ) -> dict[str, list[dict[str, Any]]]:
     """Rank every query with every method.
+
+    ``proj_dims`` adds gradient-only ablations at other projection sizes m (each projects every
+    indexed row's gradient again: seconds per thousand rows).
 
     Returns:
         ``{method: [row, ...]}`` with rows as :func:`gif_core.metrics.summarize` expects.
@@ -70,6 +99,13 @@ def compare_methods(engine: Engine, queries: Sequence[Query], *, k: int = 10,
     ranked["gradient_only"] = _exact_knn(make_fingerprints(e_b, c_b, 0.0, embedding=False),
                                          make_fingerprints(e_q, c_q, 0.0, embedding=False),
                                          k_cand).tolist()
+    for m in proj_dims:
+        if m == c_b.shape[1]:
+            continue
+        c_bm, c_qm = _project_all(engine, m, e_q, lab_q)
+        ranked[f"gradient_only_m{m}"] = _exact_knn(
+            make_fingerprints(e_b, c_bm, 0.0, embedding=False),
+            make_fingerprints(e_q, c_qm, 0.0, embedding=False), k_cand).tolist()
     for a in alphas:
         ranked[f"combined_a{a:g}"] = _exact_knn(make_fingerprints(e_b, c_b, a),
                                                 make_fingerprints(e_q, c_q, a), k_cand).tolist()
@@ -176,13 +212,15 @@ def check_queries(engine: Engine, queries: Sequence[Query]) -> None:
 
 
 def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
-             influence: bool = True, progress=None) -> dict[str, Any]:
+             influence: bool = True, proj_dims: Sequence[int] = (), png: bool = True,
+             progress=None) -> dict[str, Any]:
     """Evaluate every method on ``queries`` and write a results folder atomically.
 
     The folder holds ``metrics.json`` (schema: ``gif_core/schemas/metrics.schema.json``),
     ``summary.md``, ``queries.jsonl`` (the query set, re-usable with ``--queries``),
     ``rows.jsonl`` (one ranked list per method and query) and plotly figures as
-    HTML. A failure leaves no folder behind (and an existing one untouched).
+    HTML and, when a Chrome/Chromium is available to kaleido, PNG. A failure leaves no folder
+    behind (and an existing one untouched).
     """
     import json
 
@@ -190,7 +228,8 @@ def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
 
     check_queries(engine, queries)
     t0 = time.perf_counter()
-    results = compare_methods(engine, queries, influence=influence, progress=progress)
+    results = compare_methods(engine, queries, influence=influence, proj_dims=proj_dims,
+                              progress=progress)
     summary = summarize_methods(results)
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION,
@@ -198,9 +237,9 @@ def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
         "n_queries": len(queries), "kinds": sorted({q.kind for q in queries}),
         "methods": summary, "default_method": "gif",
         "seconds": time.perf_counter() - t0, "versions": library_versions(),
+        "resources": resources(engine),
     }
     with atomic_directory(out) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "summary.md").write_text(
             f"# GIF evaluation on {engine.directory}\n\n{len(queries)} queries, kinds: "
             f"{', '.join(metrics['kinds'])}\n\n## P@1 and MRR\n\n{markdown_table(summary)}\n")
@@ -210,13 +249,63 @@ def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,
             for method, rows in results.items():
                 for r in rows:
                     fh.write(json.dumps({"method": method, **r}) + "\n")
-        for name, fig in figures(summary).items():
+        written: dict[str, Any] = {"html": [], "png": []}
+        figs = figures(summary, results)
+        for name, fig in figs.items():
             fig.write_html(str(tmp / f"{name}.html"), include_plotlyjs="cdn")
+            written["html"].append(f"{name}.html")
+        if png:
+            try:
+                write_pngs(figs, tmp)
+                written["png"] = [f"{name}.png" for name in figs]
+            except Exception as exc:  # the HTML figures and the numbers still stand
+                written["png_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                log.warning("PNG figures skipped (%s); HTML figures written",
+                            written["png_error"])
+        metrics["figures"] = written
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """Plotly figures: P@k per method, P@1 per kind and method, GIF latency by stage."""
+def resources(engine: Engine) -> dict[str, Any]:
+    """Peak memory of this process, the index's bytes on disk and per sample, its build time."""
+    import resource
+
+    from .store import dir_bytes
+
+    n = max(1, len(engine))
+    disk = dir_bytes(engine.directory)
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "index_bytes_on_disk": int(disk), "bytes_per_sample": round(disk / n, 1),
+            "samples": len(engine), "build_ms": engine.manifest.get("build_ms", {})}
+
+
+def chrome_path() -> str | None:
+    """A Chrome/Chromium for kaleido: ``BROWSER_PATH`` if set, else Debian's chromium."""
+    for cand in (os.environ.get("BROWSER_PATH"), shutil.which("chromium"),
+                 shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+def write_pngs(figs: dict[str, Any], folder: Path, width: int = 900, height: int = 500) -> None:
+    """Render figures to PNG with kaleido through a local Chrome/Chromium (never downloaded)."""
+    import plotly.io as pio
+
+    browser = chrome_path()
+    if browser is None:
+        raise RuntimeError("no Chrome/Chromium found for PNG export; install Debian's "
+                           "`chromium` or set BROWSER_PATH")
+    os.environ.setdefault("BROWSER_PATH", browser)
+    for name, fig in figs.items():
+        pio.write_image(fig, str(folder / f"{name}.png"), width=width, height=height)
+
+
+def figures(summary: dict[str, Any], results: dict[str, list[dict[str, Any]]] | None = None
+            ) -> dict[str, Any]:
+    """Plotly figures: P@k per method, P@1 per kind and method, GIF latency by stage and, with
+    the per-query ``results``, a histogram of GIF's total query latency."""
     import plotly.graph_objects as go
 
     ks = sorted(int(k[2:]) for k in next(iter(summary.values()))["overall"]
@@ -236,4 +325,12 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     latency = go.Figure(go.Bar(x=list(lat), y=[v.get("p50") for v in lat.values()], name="p50"))
     latency.add_trace(go.Bar(x=list(lat), y=[v.get("p95") for v in lat.values()], name="p95"))
     latency.update_layout(title="GIF query latency by stage (ms)", barmode="group")
-    return {"p_at_k": p_at_k, "per_kind": per_kind, "latency": latency}
+    figs = {"p_at_k": p_at_k, "per_kind": per_kind, "latency": latency}
+    totals = [r["timings_ms"]["total"] for r in (results or {}).get("gif", [])
+              if "total" in r.get("timings_ms", {})]
+    if totals:
+        hist = go.Figure(go.Histogram(x=totals, nbinsx=40, name="total"))
+        hist.update_layout(title="GIF query latency, total per query (ms)", xaxis_title="ms",
+                           yaxis_title="queries")
+        figs["latency_hist"] = hist
+    return figs

@@ -59,14 +59,14 @@ from scipy.stats import spearmanr
 from .config import InfluenceConfig, ProbeConfig
 from .errors import ConfigError, SolverError
 from .gradients import per_sample_grads
-from .influence import HessianOperator, conjugate_gradient, lissa
+from .influence import EKFAC, HessianOperator, conjugate_gradient, lissa
 from .probe import Probe, regularised_loss, train_probe
 from .projection import dense_reference
 from .threads import single_thread
 
 log = logging.getLogger(__name__)
 
-CHECK_SOLVERS = ("lissa", "cg", "explicit", "preconditioned", "preconditioned_fisher")
+CHECK_SOLVERS = ("lissa", "cg", "explicit", "ekfac", "preconditioned", "preconditioned_fisher")
 RETRAIN_MODES = ("warm", "scratch")
 
 
@@ -272,7 +272,10 @@ class PreconditionedIndex:
 
 
 def _solve_fn(name: str, op: HessianOperator, icfg: InfluenceConfig, scale: float,
-              explicit: ExplicitFactor | None):
+              explicit: ExplicitFactor | None, ekfac: EKFAC | None = None):
+    if name == "ekfac":
+        assert ekfac is not None
+        return lambda v: ekfac.solve(v)[0]
     if name == "lissa":
         return lambda v: lissa(op, v, icfg, scale)[0]
     if name == "cg":
@@ -410,6 +413,7 @@ def run_check(e: np.ndarray, y: np.ndarray, num_classes: int, e_q: np.ndarray, y
     explicit = None
     if "explicit" in config.solvers:
         explicit = ExplicitFactor(op)
+    ekfac = EKFAC(theta, et, pcfg.weight_decay, icfg.damping) if "ekfac" in config.solvers else None
 
     # -- predicted effects per method: (Q, N) "loss change when the row is up-weighted"
     effects: dict[str, np.ndarray] = {}
@@ -428,14 +432,16 @@ def run_check(e: np.ndarray, y: np.ndarray, num_classes: int, e_q: np.ndarray, y
             effects[name] = pre.influence(eq, yq)
             out[name] = {"seconds": secs, "build_seconds": pre.build_seconds, "dim": pre.dim}
             continue
-        solve = _solve_fn(name, op, icfg, scale, explicit)
+        solve = _solve_fn(name, op, icfg, scale, explicit, ekfac)
         infl, sols, secs = influence_matrix(solve, theta, g_train, eq, yq)
         effects[name], solutions[name] = infl, sols
         out[name] = {"seconds": secs}
         if name == "explicit":
             out[name]["build_seconds"] = explicit.build_seconds
+        if name == "ekfac":
+            out[name]["build_seconds"] = ekfac.build_seconds
     if "explicit" in solutions:
-        for name in ("lissa", "cg"):
+        for name in ("lissa", "cg", "ekfac"):
             if name in solutions:
                 out[name]["rel_err_vs_exact"] = _rel_err(solutions[name], solutions["explicit"])
     trak_info: dict[str, Any] | None = None
@@ -547,8 +553,10 @@ def index_queries(engine, train_rows: np.ndarray, n_queries: int, seed: int = 0
             np.concatenate([np.asarray(lab_in, dtype=np.int64), lab_out]), meta)
 
 
-def check_index(directory, config: CheckConfig | None = None, engine=None) -> dict[str, Any]:
-    """:func:`run_check` on a seeded subsample of an index (read-only)."""
+def check_index(directory, config: CheckConfig | None = None, engine=None,
+                influence: InfluenceConfig | None = None) -> dict[str, Any]:
+    """:func:`run_check` on a seeded subsample of an index (read-only); ``influence`` overrides
+    the index's own solver settings (damping, LiSSA depth and batch)."""
     from .engine import Engine
 
     config = config or CheckConfig()
@@ -560,7 +568,7 @@ def check_index(directory, config: CheckConfig | None = None, engine=None) -> di
     y = np.asarray(engine.labels[rows], dtype=np.int64)
     e_q, y_q, meta = index_queries(engine, rows, config.queries, config.seed)
     out = run_check(e, y, len(engine.centroids), e_q, y_q, config, engine.config.probe,
-                    engine.config.influence)
+                    influence or engine.config.influence)
     out["setup"]["index"] = str(directory)
     out["setup"]["queries_meta"] = meta
     return out
@@ -612,14 +620,14 @@ def time_refinement(engine, solvers=("lissa", "cg", "preconditioned"), queries: 
         cfg = InfluenceConfig(**{**asdict(engine.config.influence), "solver": name})
         sc = type(scorer)(model, scorer.op.e, scorer.op.y, scorer.op.weight_decay, cfg,
                           scorer.scale)
-        explicit = ExplicitFactor(sc.op) if name == "explicit" else None
-        solve = _solve_fn(name, sc.op, cfg, scorer.scale, explicit)
+        t0 = time.perf_counter()
+        with single_thread():
+            sc.score(emb(q_rows[0]), lab(q_rows[:1])[0], emb(cand[0]), lab(cand[0]))  # factors
+        setup = time.perf_counter() - t0
         t0 = time.perf_counter()
         for j in range(queries):
             with single_thread():
-                g_y = per_sample_grads(model, emb(q_rows[j:j + 1]), lab(q_rows[j:j + 1]))[0]
-                s = solve(g_y)
-                _ = -(per_sample_grads(model, emb(cand[j]), lab(cand[j])) @ s)
+                sc.score(emb(q_rows[j]), lab(q_rows[j:j + 1])[0], emb(cand[j]), lab(cand[j]))
         out[name] = {"ms_per_query": round((time.perf_counter() - t0) / queries * 1000, 2),
-                     "depth": cfg.depth}
+                     "depth": cfg.depth, "setup_seconds": round(setup, 2)}
     return out

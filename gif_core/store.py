@@ -10,6 +10,7 @@ Layout of an index directory (every file written into a temporary sibling, renam
     labels.npy           (N,) int32       pseudo-labels ℓ
     centroids.npy        (C, d) float32
     probe.safetensors    probe weights θ̂
+    ekfac.safetensors    EK-FAC factors of the probe's damped Gauss–Newton matrix (influence)
     fingerprints.faiss   FAISS index over h = [ê ; α·ĉ]
     lexical/, verbatim/  evidence channels
     ranker.json          fusion ranker and abstention calibration

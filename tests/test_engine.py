@@ -231,3 +231,24 @@ def test_refit_ranker_in_place(tmp_path, small_index, wiki_slice, encoder):
     e = Engine.load(copy, encoder=encoder)
     att = e.attribute(wiki_slice[33].text, k=1, influence=False)
     assert att.results[0].id == wiki_slice[33].id and att.index_version == 2
+
+
+def test_stored_ekfac_factors_match_a_fresh_computation(engine):
+    import torch
+    from safetensors.torch import load_file
+
+    from gif_core.errors import SolverError
+    from gif_core.influence import EKFAC
+
+    state = load_file(str(engine.directory / "ekfac.safetensors"))
+    stored = EKFAC.from_state_dict(engine.probe, state)
+    e = torch.from_numpy(np.asarray(engine.embeddings, dtype=np.float32))
+    fresh = EKFAC(engine.probe, e, engine.config.probe.weight_decay,
+                  engine.config.influence.damping)
+    v = torch.randn(engine.probe.num_params, generator=torch.Generator().manual_seed(0))
+    # the build used the float32 embeddings, the index stores float16: agree to well under 1%
+    a, b = stored.solve(v)[0], fresh.solve(v)[0]
+    assert float((a - b).norm() / b.norm()) < 1e-2
+    state["layer1.q_a"] = state["layer1.q_a"][:-1]
+    with pytest.raises(SolverError, match="rebuild the index"):
+        EKFAC.from_state_dict(engine.probe, state)
