@@ -46,6 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         EncoderConfig,
         FingerprintConfig,
         IndexConfig,
+        InfluenceConfig,
         LabelConfig,
         ProbeConfig,
         ProjectionConfig,
@@ -60,6 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         projection=ProjectionConfig(kind=args.projection, dim=args.proj_dim, seed=args.seed),
         fingerprint=FingerprintConfig(alpha=args.alpha),
         index=IndexConfig(factory=args.factory),
+        influence=InfluenceConfig(solver=args.influence_solver),
         ranker_queries=args.ranker_queries,
     )
     samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
@@ -348,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
                    help="weight of the gradient part in the ANN fingerprint")
     b.add_argument("--factory", default="auto", help="FAISS factory string, or auto")
     b.add_argument("--ranker-queries", type=int, default=900)
+    b.add_argument("--influence-solver", default="ekfac",
+                   choices=["ekfac", "lissa", "cg", "explicit"],
+                   help="iHVP solver for query-time influence (ekfac: fast; cg/explicit: exact)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)

@@ -8,8 +8,10 @@ candidate of its query. A second, two-feature logistic model maps the top candid
 its margin over the runner-up to a calibrated probability that the top candidate is a true source;
 it is fitted on the same planted queries plus "null" queries whose true source is masked out,
 which stand in for outputs with no source in the index. Its inputs are the top score, the margin
-over the runner-up and the top candidate's raw evidence (:data:`CALIBRATION_FEATURES`), so that a
-noisy but unmistakable copy (a big margin, many shared words) is not mistaken for a null. Below
+over the runner-up, the top candidate's raw evidence and its semantic margin — how far its
+embedding cosine stands above every other candidate's (:data:`CALIBRATION_FEATURES`) — so that a
+noisy but unmistakable copy (a big margin, many shared words) and a paraphrase that shares few
+words but is far closer in meaning than anything else are not mistaken for a null. Below
 ``threshold`` the engine abstains.
 """
 
@@ -63,16 +65,21 @@ def feature_matrix(cos_e, cos_c, bm25, bm25_ideal, verbatim, rank_ann, rank_lex,
     return x  # (K, F)
 
 
-CALIBRATION_FEATURES = ("top_score", "margin", "cos_e", "bm25_abs", "verbatim")
-_CALIB_FROM_FEATURES = tuple(FEATURES.index(n) for n in CALIBRATION_FEATURES[2:])
+CALIBRATION_FEATURES = ("top_score", "margin", "cos_e", "bm25_abs", "verbatim", "cos_e_margin")
+_CALIB_FROM_FEATURES = tuple(FEATURES.index(n) for n in CALIBRATION_FEATURES[2:5])
+_COS_E = FEATURES.index("cos_e")
 
 
 def calibration_features(scores: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """(top score, margin over the runner-up, top candidate's cos_e, bm25_abs, verbatim)."""
+    """(top score, margin over the runner-up, top candidate's cos_e, bm25_abs, verbatim, and
+    its cos_e minus the best cos_e of the other candidates)."""
     order = np.argsort(-scores, kind="stable")
     top = float(scores[order[0]])
     margin = top - float(scores[order[1]]) if len(order) > 1 else top
-    return np.array([top, margin, *features[order[0], list(_CALIB_FROM_FEATURES)]],
+    cos = features[:, _COS_E]
+    others = np.delete(cos, order[0])
+    cos_margin = float(cos[order[0]] - others.max()) if others.size else float(cos[order[0]])
+    return np.array([top, margin, *features[order[0], list(_CALIB_FROM_FEATURES)], cos_margin],
                     dtype=np.float64)
 
 
@@ -82,8 +89,9 @@ class Ranker:
 
     weights: list[float]
     features: tuple[str, ...] = FEATURES
-    calib: list[float] = field(default_factory=lambda: [0.5, 1.0, 4.0, 2.0, 2.0, -8.0])
-    """Logistic coefficients on :data:`CALIBRATION_FEATURES`, then the intercept."""
+    calib: list[float] = field(default_factory=lambda: [0.5, 1.0, 4.0, 2.0, 2.0, 8.0, -8.0])
+    """Logistic coefficients on :data:`CALIBRATION_FEATURES`, then the intercept. A ranker fitted
+    before ``cos_e_margin`` existed has one coefficient fewer and uses the features before it."""
     threshold: float = 0.5
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -94,7 +102,8 @@ class Ranker:
         """P(top candidate is a true source), from all candidates' scores (K,) and features."""
         if scores.size == 0:
             return 0.0
-        z = calibration_features(scores, features) @ np.asarray(self.calib[:-1]) + self.calib[-1]
+        coef = np.asarray(self.calib[:-1])
+        z = calibration_features(scores, features)[:len(coef)] @ coef + self.calib[-1]
         return float(1.0 / (1.0 + np.exp(-z)))
 
     def to_dict(self) -> dict[str, Any]:

@@ -86,3 +86,23 @@ def test_cjk_exact_copy_ranks_first(mixed_script_engine):
     span = att.results[0].spans[0]
     assert cjk[1][span["source_start"]:span["source_end"]] in cjk[1]
     assert span["source_end"] - span["source_start"] >= len(cjk[1]) - 2
+
+
+def test_calibration_features_and_older_rankers():
+    import numpy as np
+
+    from gif_core.fusion import FEATURES, Ranker, calibration_features
+
+    feats = np.zeros((3, len(FEATURES)), dtype=np.float32)
+    col = {name: FEATURES.index(name) for name in FEATURES}
+    feats[:, col["cos_e"]] = [0.60, 0.95, 0.70]
+    feats[:, col["bm25_abs"]] = [0.2, 0.5, 0.1]
+    feats[:, col["verbatim"]] = [0.0, 0.25, 0.0]
+    scores = np.array([1.0, 4.0, 2.5])
+    cf = calibration_features(scores, feats)
+    # top = row 1: score 4, margin 1.5 over row 2, its own evidence, cos_e 0.95 - 0.70
+    np.testing.assert_allclose(cf, [4.0, 1.5, 0.95, 0.5, 0.25, 0.25], atol=1e-6)
+    # a ranker saved before the semantic margin existed keeps its five coefficients
+    old = Ranker.from_dict({"weights": [0.0] * len(FEATURES), "features": list(FEATURES),
+                            "calib": [1.0, 1.0, 0.0, 0.0, 0.0, -5.0], "threshold": 0.5})
+    assert old.confidence(scores, feats) == pytest.approx(1 / (1 + np.exp(-(4.0 + 1.5 - 5.0))))
