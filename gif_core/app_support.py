@@ -513,6 +513,13 @@ def manifest_summary(manifest: dict[str, Any], directory: Path | None = None) ->
     return pd.DataFrame(rows, columns=["field", "value"])
 
 
+def wrapping_table(frame: pd.DataFrame):
+    """``frame`` styled for ``st.table`` so that long values (64-hex hashes, paths) wrap inside
+    their cell instead of being cut at the table's edge."""
+    return frame.style.set_properties(**{"white-space": "normal", "overflow-wrap": "anywhere",
+                                         "word-break": "break-all"})
+
+
 def build_times_table(manifest: dict[str, Any]) -> pd.DataFrame:
     ms = manifest.get("build_ms", {})
     return pd.DataFrame([{"stage": k, "seconds": round(v / 1000, 2)} for k, v in ms.items()],
