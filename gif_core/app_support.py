@@ -793,7 +793,7 @@ def counterfactual_figure(cf: CounterfactualSummary):
 
 
 def evidence_dir() -> Path:
-    """Where the app writes evidence packages: ``$GIF_CACHE_DIR``-style cache folder."""
+    """Where the app writes evidence packages: ``evidence/`` under :func:`cache_root`."""
     return cache_root() / "evidence"
 
 

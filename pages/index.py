@@ -74,7 +74,10 @@ if start:
     bars = {stage: progress_box.progress(0.0, text=f"{stage}: waiting")
             for stage in sup.BUILD_STAGES}
 
+    reported: set[str] = set()
+
     def _progress(stage: str, done: int, total: int) -> None:
+        reported.add(stage)
         if stage not in bars:
             bars[stage] = progress_box.progress(0.0, text=stage)
         frac = min(1.0, done / total) if total else 1.0
@@ -87,6 +90,8 @@ if start:
     except (GIFError, OSError) as exc:
         st.error(f"Build failed: {exc}  \nExisting indexes are unchanged.")
     else:
+        for stage in set(bars) - reported:
+            bars[stage].progress(1.0, text=f"{stage}: not needed for this corpus")
         n = built["counts"]["samples"]
         st.success(f"Built {target}: {n:,} samples in {built['build_ms']['total'] / 1000:,.1f} s. "
                    "Open it above, or with `streamlit run app.py -- --index "
