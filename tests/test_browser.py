@@ -212,6 +212,16 @@ def _wait_idle(page) -> None:
         " !document.querySelector('[data-testid=\"stSpinner\"]')")
 
 
+def _click(page, name: str) -> None:
+    """Click the button labelled ``name`` once the page shows exactly one (while a script run
+    finishes, Streamlit can show the previous run's element beside the new one)."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_role("button", name=name, exact=True)
+    expect(button).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    button.click()
+
+
 def _trace(page, text: str) -> float:
     """Paste ``text``, press Trace sources and wait until the results (grid and viewer) have
     rendered; the seconds from the click to that point."""
@@ -220,8 +230,10 @@ def _trace(page, text: str) -> float:
     box = page.get_by_label("Model output")
     box.fill(text)
     box.press("Tab")  # commit the text area before the button sends its click
+    button = page.get_by_role("button", name="Trace sources", exact=True)
+    expect(button).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
     t0 = time.perf_counter()
-    page.get_by_role("button", name="Trace sources").click()
+    button.click()
     # the viewer shows the query once the new results have rendered
     expect(page.locator(".gif-viewer .gif-query")).to_contain_text(text[:60],
                                                                    timeout=PAGE_TIMEOUT_MS)
@@ -270,13 +282,13 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     assert page.get_by_text("(100%)").count() >= 1
 
     # counterfactual check: the sentence and its chart
-    page.get_by_role("button", name="Run counterfactual check").click()
+    _click(page, "Run counterfactual check")
     page.get_by_text(re.compile(r"^Removing these 10 samples moves the query's loss")).wait_for()
     _wait_idle(page)
     # export evidence, then verify it against the index
-    page.get_by_role("button", name="Export evidence").click()
+    _click(page, "Export evidence")
     page.get_by_role("button", name="Download evidence (.zip)").wait_for()
-    page.get_by_role("button", name="Verify evidence").click()
+    _click(page, "Verify evidence")
     passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
     passed.wait_for()
     assert f"top source {sample.id}" in passed.inner_text()
@@ -310,11 +322,14 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     expect(_metric(page, "Clusters")).to_have_text(re.compile(r"^\d+$"))
     assert int(_metric(page, "Clusters").inner_text()) >= 2
     # the manifest is a static table shown in full
-    manifest = page.locator('[data-testid="stTable"]').first
+    manifest = page.locator("table.gif-manifest")
     row = manifest.locator("tr", has=page.locator("th", has_text=re.compile(r"^samples$")))
     assert row.locator("td").inner_text().strip() == f"{len(wiki_slice)}"
     weights = manifest.locator("tr", has=page.locator("th", has_text="encoder weights sha256"))
-    assert re.fullmatch(r"[0-9a-f]{64}", weights.locator("td").inner_text().strip())
+    cell = weights.locator("td")
+    assert re.fullmatch(r"[0-9a-f]{64}", cell.inner_text().strip())
+    # shown whole: the cell is not narrower than its content (nothing clipped)
+    assert cell.evaluate("e => e.scrollWidth <= e.clientWidth")
     page.get_by_role("heading", name="Available indexes").wait_for()
     page.get_by_role("heading", name="Build a new index").wait_for()
     _shoot(page, shots / "index.png")
@@ -326,7 +341,7 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     n_box = page.get_by_label("Queries per kind (n)")
     n_box.fill("5")
     n_box.press("Tab")
-    page.get_by_role("button", name="Run evaluation").click()
+    _click(page, "Run evaluation")
     page.get_by_text(re.compile(r"^Wrote .*: 15 queries")).wait_for()
     _wait_idle(page)
     _no_exception(page)
