@@ -1,8 +1,10 @@
 """Logic behind the Streamlit provenance explorer (``app.py`` and ``pages/``).
 
 The pages hold layout only; everything they show is computed here: which index to open, the
-results table, the verdict, the influence chart, the span viewer's HTML, the UMAP map of the
-index and its on-disk cache, and the listing of index directories.
+backend that answers queries (the engine in this process, or a `gif serve` API at a URL), text
+uploads and their limit, the results table, the verdict, the influence chart, the span viewer's
+HTML, the counterfactual check and evidence packages, the UMAP map of the index and its on-disk
+cache, the listing and building of index directories, and reading and running evaluations.
 
 Streamlit-specific caching (``st.cache_resource`` for the engine, ``st.cache_data`` for derived
 tables) lives in the ``cached_*`` helpers at the end, so that the pure functions above them can be

@@ -1,5 +1,9 @@
 """End to end: the Streamlit explorer served by ``streamlit run`` on a tiny real index (the
-session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright.
+session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright: paste a corpus
+sentence and see its source first, run the counterfactual check, export evidence and verify it,
+visit the Clusters and Index pages, and run a small evaluation on the Evaluate page. The time
+from pressing Trace sources to rendered results is printed and written to ``timings.json``
+beside the screenshots.
 
 Marked ``browser`` (deselected by default): ``bash scripts/test.sh -m browser``. Needs
 ``/usr/bin/chromium`` (``apt-get install chromium``, or ``GIF_BROWSER_TESTS=1 bash
