@@ -1,8 +1,10 @@
 """Logic behind the Streamlit provenance explorer (``app.py`` and ``pages/``).
 
 The pages hold layout only; everything they show is computed here: which index to open, the
-results table, the verdict, the influence chart, the span viewer's HTML, the UMAP map of the
-index and its on-disk cache, and the listing of index directories.
+backend that answers queries (the engine in this process, or a `gif serve` API at a URL), text
+uploads and their limit, the results table, the verdict, the influence chart, the span viewer's
+HTML, the counterfactual check and evidence packages, the UMAP map of the index and its on-disk
+cache, the listing and building of index directories, and reading and running evaluations.
 
 Streamlit-specific caching (``st.cache_resource`` for the engine, ``st.cache_data`` for derived
 tables) lives in the ``cached_*`` helpers at the end, so that the pure functions above them can be
@@ -40,6 +42,10 @@ CACHE_ENV = "GIF_CACHE_DIR"
 EXAMPLES_PATH = APP_ROOT / "assets" / "examples.json"
 BUILD_HINT = "gif build pkg:wiki --out indexes/wiki"
 
+NO_SOURCE_CAPTION = ("GIF abstains: its calibrated confidence that the top sample is the source "
+                     "is below the index's threshold. These are the samples nearest to the text, "
+                     "listed for inspection; none is claimed as its source, and no confident "
+                     "source does not prove the text is original.")
 INFLUENCE_CAPTION = ("Influence on GIF's probe — which samples shaped the probe's view of this "
                      "output; not proof of copying.")
 UMAP_MAX_POINTS = 3000
@@ -465,6 +471,16 @@ def clusters_figure(frame: pd.DataFrame, placed: pd.DataFrame | None = None):
 # -- index listing -------------------------------------------------------------------------
 
 
+UNKNOWN_CORPUS = "unknown (built before corpus names were recorded)"
+NOT_RECORDED = "not recorded"
+
+
+def corpus_label(manifest: dict[str, Any]) -> str:
+    """The corpus an index was built from, as recorded in its manifest (never a bare "?")."""
+    corpus = manifest.get("corpus")
+    return str(corpus) if corpus else UNKNOWN_CORPUS
+
+
 def manifest_summary(manifest: dict[str, Any], directory: Path | None = None) -> pd.DataFrame:
     """Key facts of a manifest as (field, value) rows of strings."""
     counts = manifest.get("counts", {})
@@ -477,30 +493,49 @@ def manifest_summary(manifest: dict[str, Any], directory: Path | None = None) ->
     created = manifest.get("created_unix")
     rows = [
         ("directory", str(directory) if directory is not None else ""),
-        ("corpus", manifest.get("corpus") or "?"),
+        ("corpus", corpus_label(manifest)),
         ("samples", f"{n:,}"),
-        ("clusters", f"{counts.get('clusters', '?')}"),
-        ("encoder", f"{enc.get('name', '?')} (d={enc.get('dim', '?')})"),
-        ("encoder weights sha256", str(enc.get("weights_sha256", "?"))[:16] + "…"),
-        ("FAISS factory", str(manifest.get("faiss_factory", "?"))),
-        ("probe parameters", f"{counts.get('probe_params', '?'):,}"
-         if isinstance(counts.get("probe_params"), int) else "?"),
-        ("projection dim", f"{counts.get('projection_dim', '?')}"),
-        ("fingerprint dim", f"{counts.get('fingerprint_dim', '?')}"),
-        ("bytes on disk", f"{size:,}" if size is not None else "?"),
-        ("bytes / sample", f"{size / n:,.0f}" if size is not None and n else "?"),
-        ("build time", f"{build_ms['total'] / 1000:,.1f} s" if "total" in build_ms else "?"),
-        ("built", time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "?"),
-        ("GIF version", str(manifest.get("versions", {}).get("gif", "?"))),
-        ("format version", str(manifest.get("format_version", "?"))),
+        ("clusters", str(counts.get("clusters", NOT_RECORDED))),
+        ("encoder", f"{enc.get('name', NOT_RECORDED)} (d={enc.get('dim', NOT_RECORDED)})"),
+        ("encoder weights sha256", str(enc.get("weights_sha256") or NOT_RECORDED)),
+        ("FAISS factory", str(manifest.get("faiss_factory", NOT_RECORDED))),
+        ("probe parameters", f"{counts['probe_params']:,}"
+         if isinstance(counts.get("probe_params"), int) else NOT_RECORDED),
+        ("projection dim", str(counts.get("projection_dim", NOT_RECORDED))),
+        ("fingerprint dim", str(counts.get("fingerprint_dim", NOT_RECORDED))),
+        ("bytes on disk", f"{size:,}" if size is not None else NOT_RECORDED),
+        ("bytes / sample", f"{size / n:,.0f}" if size is not None and n else NOT_RECORDED),
+        ("build time", f"{build_ms['total'] / 1000:,.1f} s" if "total" in build_ms
+         else NOT_RECORDED),
+        ("built", time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created
+         else NOT_RECORDED),
+        ("GIF version", str(manifest.get("versions", {}).get("gif", NOT_RECORDED))),
+        ("format version", str(manifest.get("format_version", NOT_RECORDED))),
     ]
     return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def key_value_html(rows: pd.DataFrame, css_class: str = "gif-manifest") -> str:
+    """A two-column (field, value) frame as an HTML table that shows every value in full: long
+    values such as 64-hex hashes and paths wrap inside their cell instead of being cut."""
+    cell = "border:1px solid rgba(128,128,128,.25);padding:4px 8px;vertical-align:top"
+    body = "".join(
+        f'<tr><th style="{cell};text-align:left;font-weight:500;white-space:nowrap">'
+        f"{html.escape(str(k))}</th>"
+        f'<td style="{cell};overflow-wrap:anywhere;font-variant-numeric:tabular-nums">'
+        f"{html.escape(str(v))}</td></tr>"
+        for k, v in rows.itertuples(index=False, name=None))
+    return (f'<table class="{css_class}" style="border-collapse:collapse;width:100%;'
+            f'font-size:0.9rem">{body}</table>')
 
 
 def build_times_table(manifest: dict[str, Any]) -> pd.DataFrame:
     ms = manifest.get("build_ms", {})
     return pd.DataFrame([{"stage": k, "seconds": round(v / 1000, 2)} for k, v in ms.items()],
                         columns=["stage", "seconds"])
+
+
+INDEX_LIST_COLUMNS = ["index", "corpus", "samples", "encoder", "status", "loaded"]
 
 
 def list_indexes(roots: Sequence[Path], current: Path | None = None) -> pd.DataFrame:
@@ -523,14 +558,530 @@ def list_indexes(roots: Sequence[Path], current: Path | None = None) -> pd.DataF
             try:
                 m = read_manifest(d)
             except GIFError as exc:
-                rows.append({"index": str(d), "samples": None, "encoder": "",
+                rows.append({"index": str(d), "corpus": "", "samples": None, "encoder": "",
                              "status": f"not usable: {str(exc).split('. ')[0]}",
                              "loaded": rd == cur})
                 continue
-            rows.append({"index": str(d), "samples": int(m.get("counts", {}).get("samples", 0)),
+            rows.append({"index": str(d), "corpus": corpus_label(m),
+                         "samples": int(m.get("counts", {}).get("samples", 0)),
                          "encoder": m.get("encoder", {}).get("name", "?"), "status": "ready",
                          "loaded": rd == cur})
-    return pd.DataFrame(rows, columns=["index", "samples", "encoder", "status", "loaded"])
+    return pd.DataFrame(rows, columns=INDEX_LIST_COLUMNS)
+
+
+# -- query input ---------------------------------------------------------------------------
+
+MAX_UPLOAD_BYTES = 1_000_000
+"""Largest text file accepted by the Attribute page's upload (1 MB, the engine's query limit of
+1,000,000 characters in ASCII). ``.streamlit/config.toml`` sets Streamlit's own cap to 2 MB so
+that a larger file reaches this check and gets a message rather than a bare browser refusal."""
+UPLOAD_TYPES = ("txt", "md")
+
+
+def read_upload(name: str, data: bytes) -> str:
+    """The text of an uploaded model output. Raises InputError naming the problem and the fix."""
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if suffix not in UPLOAD_TYPES:
+        raise InputError(f"{name!r} is a .{suffix or '(no extension)'} file; upload the model "
+                         f"output as plain text ({', '.join('.' + t for t in UPLOAD_TYPES)}), "
+                         f"or paste it into the text box.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InputError(f"{name!r} is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,} "
+                         f"bytes. Upload the passage you want traced, not the whole document.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name!r} is not UTF-8 text (byte {exc.start} cannot be decoded). "
+                         f"Save it as UTF-8 and upload it again.") from exc
+    if not text.strip():
+        raise InputError(f"{name!r} is empty. Upload a file that holds the model output.")
+    return text
+
+
+# -- backends: in-process engine or a `gif serve` API ------------------------------------------
+
+API_URL_ENV = "GIF_API_URL"
+API_TOKEN_ENV = "GIF_API_TOKEN"
+API_TIMEOUT_S = 120.0
+API_CONNECT_TIMEOUT_S = 5.0
+
+
+class BackendError(GIFError):
+    """The `gif serve` backend cannot be reached or answered with an error."""
+
+
+def _fill_dataclass(cls, data: dict[str, Any]):
+    """``cls(**data)`` keeping only the fields ``cls`` knows (the server may be newer)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def attribution_from_dict(data: dict[str, Any]):
+    """An :class:`~gif_core.engine.Attribution` from its JSON form (``to_dict`` / the API)."""
+    from .engine import Attribution, Result
+
+    results = [_fill_dataclass(Result, r) for r in data.get("results", [])]
+    return _fill_dataclass(Attribution, {**data, "results": results})
+
+
+class LocalBackend:
+    """The index loaded in this process."""
+
+    remote = False
+
+    def __init__(self, engine, directory: Path):
+        self.engine = engine
+        self.directory = Path(directory)
+
+    @property
+    def label(self) -> str:
+        return str(self.directory)
+
+    def size(self) -> int:
+        return len(self.engine)
+
+    def attribute(self, text: str, k: int):
+        return attribute(self.engine, text, k)
+
+    def source_text(self, result) -> str:
+        return source_text(self.engine, result.id)
+
+
+class RemoteBackend:
+    """A `gif serve` API. Every failure becomes a :class:`BackendError` with a readable
+    message; the token comes from ``$GIF_API_TOKEN`` and is never shown."""
+
+    remote = True
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = API_TIMEOUT_S):
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise BackendError(f"backend URL {url!r} must start with http:// or https://, e.g. "
+                               f"http://127.0.0.1:8765 for `gif serve INDEX`.")
+        self.url = url
+        self.token = token if token is not None else os.environ.get(API_TOKEN_ENV) or None
+        self.timeout = timeout
+        self._info: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        timeout = httpx.Timeout(self.timeout, connect=API_CONNECT_TIMEOUT_S)
+        try:
+            r = httpx.request(method, self.url + path, json=body, headers=headers,
+                              timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"the backend {self.url} did not answer {path} within "
+                               f"{self.timeout:.0f} s ({type(exc).__name__}). Check that "
+                               f"`gif serve` is running and not overloaded.") from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(f"cannot reach the backend {self.url} ({exc}). Start it with "
+                               f"`gif serve INDEX --port PORT`, fix the URL, or clear the field "
+                               f"to run in-process.") from exc
+        try:
+            payload = r.json()
+        except ValueError:
+            payload = None
+        if r.status_code != 200:
+            detail = payload.get("error") if isinstance(payload, dict) else None
+            if r.status_code == 401:
+                raise BackendError(f"the backend {self.url} refused the request (401): set "
+                                   f"{API_TOKEN_ENV} to the server's token before starting the "
+                                   f"app.")
+            raise BackendError(f"the backend {self.url} answered {path} with HTTP "
+                               f"{r.status_code}: {detail or r.text[:200]}")
+        if payload is None:
+            raise BackendError(f"the backend {self.url} answered {path} with something other "
+                               f"than JSON; is the URL a `gif serve` API?")
+        return payload
+
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self._request("GET", "/info")
+        return self._info
+
+    def size(self) -> int:
+        return int(self.info().get("samples") or 0)
+
+    def attribute(self, text: str, k: int):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("The query is empty. Paste a model output (or click an example) "
+                             "and press Trace sources.")
+        data = self._request("POST", "/query", {"text": text, "k": int(k)})
+        return attribution_from_dict(data)
+
+    def evidence(self, text: str, k: int) -> dict[str, Any]:
+        data = self._request("POST", "/evidence", {"text": text, "k": int(k)})
+        if not isinstance(data, dict) or not all(key in data for key in
+                                                 ("query", "attribution", "index")):
+            raise BackendError(f"the backend {self.url} answered /evidence without query, "
+                               f"attribution and index; it is not a compatible `gif serve`.")
+        return data
+
+    def source_text(self, result) -> str:
+        """The API returns each result's opening (snippet), not the whole sample."""
+        return result.snippet
+
+
+# -- counterfactual check ------------------------------------------------------------------
+
+COUNTERFACTUAL_STEPS = 30
+COUNTERFACTUAL_CONTROLS = 3
+
+
+@dataclass(frozen=True)
+class CounterfactualSummary:
+    k: int
+    effect: float
+    control_mean: float | None
+    control_std: float | None
+    control_effects: list[float]
+    seconds: float
+    sentence: str
+
+
+def counterfactual_check(engine, text: str, k: int, *, steps: int = COUNTERFACTUAL_STEPS,
+                         controls: int = COUNTERFACTUAL_CONTROLS) -> CounterfactualSummary:
+    """Retrain GIF's probe without the top-k results (and without k random samples, the
+    control) and say how much the query's loss moves. Serialised like :func:`attribute`."""
+    from .counterfactual import counterfactual
+
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("The query is empty; trace a text before the counterfactual check.")
+    k = int(min(k, len(engine) - 1))
+    with _ATTRIBUTE_LOCK:
+        out = counterfactual(engine, text, k=k, steps=steps, controls=controls)
+    effect = float(out["effect"])
+    mean = out["control_effect_mean"]
+    std = out["control_effect_std"]
+    if mean is None:
+        sentence = (f"Removing these {k} samples moves the query's loss on GIF's probe by "
+                    f"{effect:+.4f} (no random control was run).")
+    else:
+        ratio = abs(effect) / max(abs(float(mean)), 1e-9)
+        sentence = (f"Removing these {k} samples moves the query's loss on GIF's probe by "
+                    f"{effect:+.4f}, against {float(mean):+.4f} (± {float(std):.4f}) for "
+                    f"{k} random samples ({ratio:,.1f}× the control).")
+    return CounterfactualSummary(k, effect, None if mean is None else float(mean),
+                                 None if std is None else float(std),
+                                 [float(c) for c in out["control_effects"]],
+                                 float(out["seconds"]), sentence)
+
+
+COUNTERFACTUAL_CAPTION = ("Loss change of the query on GIF's probe after retraining without the "
+                          "samples (warm start, same steps for every bar). A bar well above the "
+                          "random controls means the attributed samples hold the probe's view "
+                          "of the query; it is measured on the probe, not the generator.")
+
+
+def counterfactual_figure(cf: CounterfactualSummary):
+    """Bars: the effect of removing the top-k against each random-k control."""
+    import plotly.graph_objects as go
+
+    names = [f"top {cf.k} removed"] + [f"random {cf.k} #{i + 1}"
+                                       for i in range(len(cf.control_effects))]
+    vals = [cf.effect] + cf.control_effects
+    fig = go.Figure(go.Bar(x=names, y=vals,
+                           marker_color=["#2a9d8f"] + ["#adb5bd"] * len(cf.control_effects),
+                           hovertemplate="%{x}<br>Δ loss %{y:+.5f}<extra></extra>"))
+    fig.update_layout(title={"text": "Counterfactual: change in the query's loss",
+                             "font": {"size": 14}},
+                      yaxis_title="Δ loss (retrained − baseline)", height=300,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+# -- evidence packages ---------------------------------------------------------------------
+
+
+def evidence_dir() -> Path:
+    """Where the app writes evidence packages: ``evidence/`` under :func:`cache_root`."""
+    return cache_root() / "evidence"
+
+
+def export_evidence_zip(backend, text: str, k: int, out_dir: Path | None = None) -> Path:
+    """Write an evidence package (.zip) for ``text`` and return its path.
+
+    In-process, :func:`gif_core.evidence.export_evidence` runs the query; with a `gif serve`
+    backend, the server builds ``evidence.json`` and the package is written here from it.
+    """
+    from . import evidence as ev
+
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("The query is empty; trace a text before exporting evidence.")
+    out_dir = Path(out_dir) if out_dir is not None else evidence_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = out_dir / f"gif-evidence-{ev.sha256_text(text)[:12]}-k{int(k)}-{stamp}.zip"
+    if backend.remote:
+        return ev.write_package(backend.evidence(text, int(k)), out, zip=True)
+    with _ATTRIBUTE_LOCK:
+        return ev.export_evidence(backend.engine, text, out, k=int(k), zip=True)
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    ok: bool
+    message: str
+    differences: list[str]
+
+
+def verify_package(backend, path: Path) -> VerifyOutcome:
+    """Re-run an evidence package's query on the loaded index and compare (``gif verify``)."""
+    from .evidence import verify_evidence
+
+    if backend.remote:
+        return VerifyOutcome(False, "Verification re-runs the query on the index itself; run "
+                             f"`gif verify {Path(path).name} --index DIR` on the machine that "
+                             f"holds the index served at {backend.url}.", [])
+    with _ATTRIBUTE_LOCK:
+        report = verify_evidence(path, engine=backend.engine)
+    return VerifyOutcome(report.ok, report.summary().splitlines()[0], list(report.differences))
+
+
+# -- building an index from the app -----------------------------------------------------------
+
+BUILD_STAGES = ("encode", "labels", "probe", "gradients", "faiss", "lexical", "verbatim",
+                "ranker")
+PACKAGED_CORPORA = ("pkg:wiki", "pkg:wordnet", "pkg:fortunes")
+
+
+def build_target(folder: str, current: Path, replace: bool) -> Path:
+    """Check where a new index may be written. Raises InputError naming the fix.
+
+    Refused: an empty path, the index the app has loaded (switch first), a file, a non-empty
+    folder that is not an index, and an existing index unless ``replace``.
+    """
+    if not folder or not folder.strip():
+        raise InputError("The output folder is empty. Give a folder for the new index, e.g. "
+                         "indexes/my-corpus.")
+    out = Path(folder.strip()).expanduser()
+    if not out.is_absolute():
+        out = APP_ROOT / out
+    if out.exists() and out.resolve() == Path(current).resolve():
+        raise InputError(f"{out} is the index this app has loaded; build into another folder "
+                         f"(or open another index first).")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder for the new index.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).exists():
+            raise InputError(f"{out} is a non-empty folder that is not a GIF index; it would be "
+                             f"replaced. Choose a new or empty folder.")
+        if not replace:
+            raise InputError(f"{out} already holds an index. Tick 'Replace an existing index' "
+                             f"to rebuild it (the old one stays usable until the new one is "
+                             f"complete), or choose another folder.")
+    return out
+
+
+def build_index(corpus: str, out: Path, *, limit: int | None = None,
+                progress=None) -> dict[str, Any]:
+    """Read ``corpus`` (a file, a folder of .txt files or ``pkg:NAME``) and build an index at
+    ``out`` atomically: a failure at any stage leaves ``out`` as it was.
+
+    Args:
+        progress: ``progress(stage, done, total)``, stages as in :data:`BUILD_STAGES`.
+
+    Returns:
+        The new index's manifest.
+    """
+    from .data import read_corpus
+    from .engine import build
+
+    corpus = (corpus or "").strip()
+    if not corpus:
+        raise InputError("The corpus is empty. Give a .jsonl/.csv/.parquet file, a folder of "
+                         f".txt files, or one of {', '.join(PACKAGED_CORPORA)}.")
+    if corpus.startswith("pkg:"):
+        name = corpus
+    else:
+        path = Path(corpus).expanduser()
+        name = str(path if path.is_absolute() else (Path.cwd() / path))
+    samples = read_corpus(name, limit=limit)
+    log.info("building %s from %s (%d samples)", out, name, len(samples))
+    return build(samples, out, progress=progress, corpus_name=name)
+
+
+# -- evaluation results ---------------------------------------------------------------------
+
+RUNS_ENV = "GIF_RUNS_DIR"
+
+
+def runs_root() -> Path:
+    """Where the Evaluate page looks for and writes results: ``$GIF_RUNS_DIR``, else ``runs/``
+    next to the app."""
+    return Path(os.environ.get(RUNS_ENV) or APP_ROOT / "runs").expanduser()
+
+EVAL_KINDS = ("exact", "word_drop", "typos", "prefix", "chatty", "ocr", "synonym",
+              "sentence_shuffle", "rewrite", "out_of_corpus")
+"""Query kinds the Evaluate page can generate (LM paraphrases need ``gif eval`` and a model)."""
+RUN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def list_eval_runs(roots: Sequence[Path]) -> list[Path]:
+    """Result folders (holding ``metrics.json``) directly under the roots, newest first."""
+    found: dict[Path, float] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            m = d / "metrics.json"
+            if d.is_dir() and not d.name.startswith(".") and m.is_file():
+                found[d.resolve()] = m.stat().st_mtime
+    return sorted(found, key=lambda d: -found[d])
+
+
+@dataclass
+class EvalRun:
+    path: Path
+    metrics: dict[str, Any]
+    summary_md: str | None
+
+
+def load_eval_run(folder: str | Path) -> EvalRun:
+    """Read a `gif eval` results folder. Raises InputError when it is not one."""
+    if not str(folder).strip():
+        raise InputError("No results folder given. Pick one from the list or type the path of "
+                         "a folder written by `gif eval --out DIR`.")
+    path = Path(str(folder).strip()).expanduser()
+    if not path.is_absolute():
+        path = APP_ROOT / path
+    if not path.is_dir():
+        raise InputError(f"{path} is not a folder. Give the folder written by "
+                         f"`gif eval --out DIR`.")
+    mpath = path / "metrics.json"
+    if not mpath.is_file():
+        raise InputError(f"{path} holds no metrics.json, so it is not a `gif eval` results "
+                         f"folder. Run `gif eval INDEX --generate KINDS --out {path}` or pick "
+                         f"another folder.")
+    try:
+        metrics = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{mpath} is not valid JSON ({exc}); run `gif eval` again.") from exc
+    methods = metrics.get("methods") if isinstance(metrics, dict) else None
+    if not isinstance(methods, dict) or not methods or not all(
+            isinstance(s, dict) and "overall" in s and "per_kind" in s for s in methods.values()):
+        raise InputError(f"{mpath} has no per-method results ('methods' with 'overall' and "
+                         f"'per_kind'); it was not written by `gif eval`. Run it again.")
+    summary = path / "summary.md"
+    return EvalRun(path, metrics, summary.read_text(encoding="utf-8")
+                   if summary.is_file() else None)
+
+
+def eval_table(metrics: dict[str, Any], metric: str = "p@1") -> pd.DataFrame:
+    """Methods × query kinds for one metric (P@1 by default), with overall, MRR, abstention on
+    in-corpus queries and false attribution on out-of-corpus ones. Values are unrounded."""
+    methods = metrics["methods"]
+    kinds = sorted({k for s in methods.values() for k, b in s["per_kind"].items()
+                    if metric in b})
+    rows = []
+    for method, s in methods.items():
+        row: dict[str, Any] = {"method": method}
+        for kind in kinds:
+            row[kind] = s["per_kind"].get(kind, {}).get(metric)
+        row["overall"] = s["overall"].get(metric)
+        row["MRR"] = s["overall"].get("mrr")
+        row["abstained (in corpus)"] = s["overall"].get("abstention_rate")
+        row["false attribution (out of corpus)"] = s["overall"].get("false_attribution_rate")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def eval_facts(metrics: dict[str, Any]) -> dict[str, str]:
+    return {"queries": f"{metrics.get('n_queries', 0):,}",
+            "kinds": ", ".join(metrics.get("kinds", [])),
+            "index": str(metrics.get("index", NOT_RECORDED)),
+            "seconds": f"{float(metrics.get('seconds', 0)):,.1f}"}
+
+
+def eval_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures `gif eval` writes as HTML (P@k curves, P@1 per kind, latency by stage)."""
+    from .evaluate import figures
+
+    return figures(metrics["methods"])
+
+
+def latency_histogram(folder: Path, method: str = "gif"):
+    """Histogram of per-query total latency from ``rows.jsonl``, or None without timings."""
+    import plotly.graph_objects as go
+
+    rows_path = Path(folder) / "rows.jsonl"
+    if not rows_path.is_file():
+        return None
+    totals = []
+    with rows_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            t = (row.get("timings_ms") or {}).get("total")
+            if row.get("method") == method and isinstance(t, (int, float)):
+                totals.append(float(t))
+    if not totals:
+        return None
+    fig = go.Figure(go.Histogram(x=totals, nbinsx=min(40, max(5, len(totals) // 3)),
+                                 marker_color="#457b9d"))
+    p50 = float(np.percentile(totals, 50))
+    fig.add_vline(x=p50, line_dash="dash", annotation_text=f"p50 {p50:,.0f} ms")
+    fig.update_layout(title=f"{method} query latency, {len(totals)} queries",
+                      xaxis_title="total ms per query", yaxis_title="queries", height=320,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def run_folder(name: str, root: Path | None = None, replace: bool = False) -> Path:
+    """``root/name`` for a new results folder; InputError on a bad or taken name."""
+    name = (name or "").strip()
+    if not name or not set(name.lower()) <= RUN_NAME_CHARS or name.startswith("."):
+        raise InputError(f"run name {name!r} must be letters, digits, '-', '_' or '.', not "
+                         f"starting with '.', e.g. eval-wordrop-50.")
+    out = Path(root if root is not None else runs_root()) / name
+    if out.exists() and not replace:
+        raise InputError(f"{out} already exists; choose another name or tick 'Replace'.")
+    if out.exists() and not (out / "metrics.json").exists():
+        raise InputError(f"{out} exists and is not a `gif eval` results folder; choose "
+                         f"another name.")
+    return out
+
+
+def eval_queries(engine, kinds: Sequence[str], n: int, seed: int = 0) -> list:
+    """Planted queries of the chosen kinds from the index's samples (as ``gif eval
+    --generate``); ``out_of_corpus`` draws held-out fortunes quotes that are not indexed."""
+    from .data import fortunes_samples
+    from .queries import generate_out_of_corpus, generate_queries
+
+    kinds = list(kinds)
+    if not kinds:
+        raise InputError("No query kind chosen. Pick at least one kind to evaluate.")
+    unknown = [k for k in kinds if k not in EVAL_KINDS]
+    if unknown:
+        raise InputError(f"unknown query kind(s) {unknown}; choose from {list(EVAL_KINDS)}.")
+    planted = [k for k in kinds if k != "out_of_corpus"]
+    queries = (generate_queries(engine.samples.id_text_pairs(), planted, int(n), seed=seed)
+               if planted else [])
+    if "out_of_corpus" in kinds:
+        known = {r["sha256"] for r in engine.samples.records()}
+        held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
+        queries += generate_out_of_corpus(held_out, int(n), seed=seed)
+    return queries
+
+
+def run_small_eval(engine, kinds: Sequence[str], n: int, out: Path, *, influence: bool = True,
+                   progress=None) -> dict[str, Any]:
+    """Generate queries and run :func:`gif_core.evaluate.run_eval` into ``out`` (atomically)."""
+    from .evaluate import run_eval
+
+    queries = eval_queries(engine, kinds, n)
+    with _ATTRIBUTE_LOCK:
+        return run_eval(engine, queries, out, influence=influence, progress=progress)
 
 
 # -- Streamlit caching -------------------------------------------------------------------------
@@ -620,3 +1171,27 @@ def page_engine():
     except GIFError as exc:
         st.error(str(exc))
         st.stop()
+
+
+def page_api_url() -> str:
+    """The `gif serve` URL chosen in the sidebar (seeded from ``$GIF_API_URL``), or ""."""
+    import streamlit as st
+
+    return str(st.session_state.get("gif_api_url") or "").strip()
+
+
+def page_backend():
+    """The backend for the Attribute page: the `gif serve` API when a URL is set, else the
+    index in this process. Shows a readable message and stops the page when neither works."""
+    import streamlit as st
+
+    url = page_api_url()
+    if not url:
+        return LocalBackend(page_engine(), page_index_dir())
+    try:
+        backend = RemoteBackend(url)
+        backend.info()
+    except GIFError as exc:
+        st.error(str(exc))
+        st.stop()
+    return backend

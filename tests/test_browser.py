@@ -1,5 +1,9 @@
 """End to end: the Streamlit explorer served by ``streamlit run`` on a tiny real index (the
-session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright.
+session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright: paste a corpus
+sentence and see its source first, run the counterfactual check, export evidence and verify it,
+visit the Clusters and Index pages, and run a small evaluation on the Evaluate page. The time
+from pressing Trace sources to rendered results is printed and written to ``timings.json``
+beside the screenshots.
 
 Marked ``browser`` (deselected by default): ``bash scripts/test.sh -m browser``. Needs
 ``/usr/bin/chromium`` (``apt-get install chromium``, or ``GIF_BROWSER_TESTS=1 bash
@@ -10,9 +14,11 @@ folder, or to ``runs/screenshots/`` when ``GIF_SCREENSHOTS`` is set.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +41,7 @@ START_TIMEOUT_S = 120  # server up and answering /_stcore/health
 PAGE_TIMEOUT_MS = 120_000  # first render loads the encoder; the Clusters page fits UMAP
 VIEWPORT = {"width": 1400, "height": 1000}
 SAMPLE = 37  # the corpus sample whose first sentence is pasted
+TIMED_SAMPLES = (5, 61, 118, 203, 250, 290)  # samples whose first sentences are timed
 
 
 def _required() -> bool:
@@ -89,8 +96,10 @@ def shots(tmp_path_factory) -> Path:
     if os.environ.get("GIF_SCREENSHOTS"):
         out = ROOT / "runs" / "screenshots"
         out.mkdir(parents=True, exist_ok=True)
-        return out
-    return tmp_path_factory.mktemp("screenshots")
+    else:
+        out = tmp_path_factory.mktemp("screenshots")
+    print(f"\nscreenshots: {out}")
+    return out
 
 
 def _free_port() -> int:
@@ -113,7 +122,8 @@ def server(playwright_api, small_index, tmp_path_factory):
     work = tmp_path_factory.mktemp("streamlit")
     log = work / "server.log"
     port = _free_port()
-    env = dict(os.environ, GIF_CACHE_DIR=str(work / "cache"), HF_HUB_OFFLINE="1",
+    env = dict(os.environ, GIF_CACHE_DIR=str(work / "cache"), GIF_RUNS_DIR=str(work / "runs"),
+               HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
@@ -121,6 +131,7 @@ def server(playwright_api, small_index, tmp_path_factory):
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
            "--", "--index", str(small_index)]
+    env.pop("GIF_API_URL", None)  # in-process engine
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -205,6 +216,36 @@ def _wait_idle(page) -> None:
         " !document.querySelector('[data-testid=\"stSpinner\"]')")
 
 
+def _click(page, name: str) -> None:
+    """Click the button labelled ``name`` once the page shows exactly one (while a script run
+    finishes, Streamlit can show the previous run's element beside the new one)."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_role("button", name=name, exact=True)
+    expect(button).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    button.click()
+
+
+def _trace(page, text: str) -> float:
+    """Paste ``text``, press Trace sources and wait until the results (grid and viewer) have
+    rendered; the seconds from the click to that point."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_label("Model output")
+    box.fill(text)
+    box.press("Tab")  # commit the text area before the button sends its click
+    button = page.get_by_role("button", name="Trace sources", exact=True)
+    expect(button).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    t0 = time.perf_counter()
+    button.click()
+    # the viewer shows the query once the new results have rendered
+    expect(page.locator(".gif-viewer .gif-query")).to_contain_text(text[:60],
+                                                                   timeout=PAGE_TIMEOUT_MS)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    _wait_idle(page)
+    return time.perf_counter() - t0
+
+
 def test_explorer_in_chromium(server, page, shots, wiki_slice):
     from playwright.sync_api import expect
 
@@ -215,10 +256,14 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     # -- Attribute: paste an exact corpus sentence, trace it ---------------------------------
     page.goto(server)
     page.get_by_role("heading", name="Where did this text come from?").wait_for()
-    box = page.get_by_label("Model output")
-    box.fill(sentence)
-    box.press("Tab")  # commit the text area before the button sends its click
-    page.get_by_role("button", name="Trace sources").click()
+    # submit-to-rendered time, measured on other samples first (the first query also loads
+    # the encoder, so it is reported apart)
+    seconds = [_trace(page, _first_sentence(wiki_slice[i].text)) for i in TIMED_SAMPLES]
+    print(f"\nsubmit to rendered results (s): first {seconds[0]:.2f}, then "
+          f"{', '.join(f'{x:.2f}' for x in seconds[1:])}; p50 of the rest "
+          f"{statistics.median(seconds[1:]):.2f}")
+    (shots / "timings.json").write_text(json.dumps({"submit_to_rendered_s": seconds}))
+    _trace(page, sentence)
     verdict = page.locator('[data-testid="stAlertContentSuccess"]')
     verdict.wait_for()
     assert f"Source found: {sample.id}" in verdict.inner_text()
@@ -239,6 +284,20 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     assert viewer.locator(".gif-source mark.gif-span").inner_text() == sentence
     assert f"Source: {sample.id}" in viewer.locator(".gif-source").inner_text()
     assert page.get_by_text("(100%)").count() >= 1
+
+    # counterfactual check: the sentence and its chart
+    _click(page, "Run counterfactual check")
+    page.get_by_text(re.compile(r"^Removing these 10 samples moves the query's loss")).wait_for()
+    _wait_idle(page)
+    # export evidence, then verify it against the index
+    _click(page, "Export evidence")
+    page.get_by_role("button", name="Download evidence (.zip)").wait_for()
+    _click(page, "Verify evidence")
+    passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
+    passed.wait_for()
+    assert f"top source {sample.id}" in passed.inner_text()
+    _wait_idle(page)
+    _no_exception(page)
     _shoot(page, shots / "attribute.png")
 
     # -- Clusters: the map, with the query and its sources placed ------------------------------
@@ -266,7 +325,32 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     expect(_metric(page, "Samples")).to_have_text(f"{len(wiki_slice)}")
     expect(_metric(page, "Clusters")).to_have_text(re.compile(r"^\d+$"))
     assert int(_metric(page, "Clusters").inner_text()) >= 2
-    manifest = page.locator('[data-testid="stDataFrame"]').first
-    assert _grid_row(manifest, 2) == ["samples", f"{len(wiki_slice)}"]
+    # the manifest is a static table shown in full
+    manifest = page.locator("table.gif-manifest")
+    row = manifest.locator("tr", has=page.locator("th", has_text=re.compile(r"^samples$")))
+    assert row.locator("td").inner_text().strip() == f"{len(wiki_slice)}"
+    weights = manifest.locator("tr", has=page.locator("th", has_text="encoder weights sha256"))
+    cell = weights.locator("td")
+    assert re.fullmatch(r"[0-9a-f]{64}", cell.inner_text().strip())
+    # shown whole: the cell is not narrower than its content (nothing clipped)
+    assert cell.evaluate("e => e.scrollWidth <= e.clientWidth")
     page.get_by_role("heading", name="Available indexes").wait_for()
+    page.get_by_role("heading", name="Build a new index").wait_for()
     _shoot(page, shots / "index.png")
+
+    # -- Evaluate: run a small evaluation from the page, see its table and plots -------------
+    _open(page, "Evaluate")
+    page.get_by_role("heading", name="Evaluation").wait_for()
+    page.get_by_text("Run a small evaluation on the loaded index").click()
+    n_box = page.get_by_label("Queries per kind (n)")
+    n_box.fill("5")
+    n_box.press("Tab")
+    _click(page, "Run evaluation")
+    page.get_by_text(re.compile(r"^Wrote .*: 15 queries")).wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    expect(_metric(page, "Queries")).to_have_text("15", timeout=PAGE_TIMEOUT_MS)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    # collapse the form so that the screenshot shows the results
+    page.get_by_text("Run a small evaluation on the loaded index").click()
+    _shoot(page, shots / "evaluate.png")
