@@ -1055,8 +1055,7 @@ def run_folder(name: str, root: Path | None = None, replace: bool = False) -> Pa
 def eval_queries(engine, kinds: Sequence[str], n: int, seed: int = 0) -> list:
     """Planted queries of the chosen kinds from the index's samples (as ``gif eval
     --generate``); ``out_of_corpus`` draws held-out fortunes quotes that are not indexed."""
-    from .data import fortunes_samples
-    from .queries import generate_out_of_corpus, generate_queries
+    from .evaluate import planted_queries
 
     kinds = list(kinds)
     if not kinds:
@@ -1064,14 +1063,7 @@ def eval_queries(engine, kinds: Sequence[str], n: int, seed: int = 0) -> list:
     unknown = [k for k in kinds if k not in EVAL_KINDS]
     if unknown:
         raise InputError(f"unknown query kind(s) {unknown}; choose from {list(EVAL_KINDS)}.")
-    planted = [k for k in kinds if k != "out_of_corpus"]
-    queries = (generate_queries(engine.samples.id_text_pairs(), planted, int(n), seed=seed)
-               if planted else [])
-    if "out_of_corpus" in kinds:
-        known = {r["sha256"] for r in engine.samples.records()}
-        held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
-        queries += generate_out_of_corpus(held_out, int(n), seed=seed)
-    return queries
+    return planted_queries(engine, kinds, n, seed)
 
 
 def run_small_eval(engine, kinds: Sequence[str], n: int, out: Path, *, influence: bool = True,

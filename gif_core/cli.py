@@ -179,10 +179,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import fortunes_samples
     from .engine import Engine
-    from .evaluate import markdown_table, run_eval
-    from .queries import generate_out_of_corpus, generate_queries, read_queries
+    from .evaluate import markdown_table, planted_queries, run_eval
+    from .queries import read_queries
 
     if (args.queries is None) == (args.generate is None):
         raise InputError("give exactly one of --queries FILE or --generate KINDS.")
@@ -190,14 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine = Engine.load(args.index, device=args.device)
     if queries is None:
         kinds = [k.strip() for k in args.generate.split(",") if k.strip()]
-        samples = engine.samples.id_text_pairs()
-        planted = [k for k in kinds if k != "out_of_corpus"]
-        queries = generate_queries(samples, planted, args.n, seed=args.seed) if planted else []
-        if "out_of_corpus" in kinds:
-            # held-out real text: fortunes quotes that are not in the index
-            known = {r["sha256"] for r in engine.samples.records()}
-            held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
-            queries += generate_out_of_corpus(held_out, args.n, seed=args.seed)
+        queries = planted_queries(engine, kinds, args.n, seed=args.seed)
     try:
         dims = [int(x) for x in args.proj_dims.split(",") if x.strip()]
     except ValueError:

@@ -191,6 +191,22 @@ def markdown_table(summary: dict[str, Any], metric_keys: Sequence[str] = ("p@1",
 METRICS_SCHEMA_VERSION = 1
 
 
+def planted_queries(engine: Engine, kinds: Sequence[str], n: int, seed: int = 0) -> list[Query]:
+    """Queries of the given kinds planted from the index's own samples (``n`` per kind);
+    ``out_of_corpus`` draws held-out fortunes quotes that are not in the index."""
+    from .data import fortunes_samples
+    from .queries import generate_out_of_corpus, generate_queries
+
+    planted = [k for k in kinds if k != "out_of_corpus"]
+    queries = (generate_queries(engine.samples.id_text_pairs(), planted, int(n), seed=seed)
+               if planted else [])
+    if "out_of_corpus" in kinds:
+        known = {r["sha256"] for r in engine.samples.records()}
+        held_out = [s.text for s in fortunes_samples() if s.sha256 not in known]
+        queries += generate_out_of_corpus(held_out, int(n), seed=seed)
+    return queries
+
+
 def check_queries(engine: Engine, queries: Sequence[Query]) -> None:
     """Refuse queries the index cannot serve: unknown source ids, image queries on text."""
     from .errors import InputError
