@@ -11,8 +11,14 @@ which stand in for outputs with no source in the index. Its inputs are the top s
 over the runner-up, the top candidate's raw evidence and its semantic margin — how far its
 embedding cosine stands above every other candidate's (:data:`CALIBRATION_FEATURES`) — so that a
 noisy but unmistakable copy (a big margin, many shared words) and a paraphrase that shares few
-words but is far closer in meaning than anything else are not mistaken for a null. Below
-``threshold`` the engine abstains.
+words but is far closer in meaning than anything else are not mistaken for a null.
+
+The planted copies are lexically close to their sources, so the full model leans on lexical
+evidence and gives an LM paraphrase (few shared words) a low probability even when its meaning
+singles out one sample. A second logistic model on the semantic evidence alone (the top
+candidate's ``cos_e`` and its ``cos_e_margin``) is fitted on the same queries, and its intercept is
+lowered until at most :data:`SEMANTIC_NULL_BUDGET` of the null queries reach 0.5 with it. The
+confidence is the larger of the two; below ``threshold`` the engine abstains.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ def feature_matrix(cos_e, cos_c, bm25, bm25_ideal, verbatim, rank_ann, rank_lex,
 CALIBRATION_FEATURES = ("top_score", "margin", "cos_e", "bm25_abs", "verbatim", "cos_e_margin")
 _CALIB_FROM_FEATURES = tuple(FEATURES.index(n) for n in CALIBRATION_FEATURES[2:5])
 _COS_E = FEATURES.index("cos_e")
+SEMANTIC_CALIBRATION = (2, 5)
+"""Indices into :data:`CALIBRATION_FEATURES` of the semantic model: cos_e, cos_e_margin."""
+SEMANTIC_NULL_BUDGET = 0.01
+"""Largest share of build-time null queries the semantic model alone may attribute."""
 
 
 def calibration_features(scores: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -94,6 +104,9 @@ class Ranker:
     before ``cos_e_margin`` existed has one coefficient fewer and uses the features before it."""
     threshold: float = 0.5
     report: dict[str, Any] = field(default_factory=dict)
+    semantic_calib: list[float] = field(default_factory=list)
+    """Logistic coefficients on the semantic features (:data:`SEMANTIC_CALIBRATION`), then the
+    intercept; empty for rankers fitted before it existed (then only ``calib`` counts)."""
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return x @ np.asarray(self.weights, dtype=np.float32)
@@ -102,19 +115,26 @@ class Ranker:
         """P(top candidate is a true source), from all candidates' scores (K,) and features."""
         if scores.size == 0:
             return 0.0
+        cf = calibration_features(scores, features)
         coef = np.asarray(self.calib[:-1])
-        z = calibration_features(scores, features)[:len(coef)] @ coef + self.calib[-1]
+        z = cf[:len(coef)] @ coef + self.calib[-1]
+        if self.semantic_calib:
+            z_sem = (cf[list(SEMANTIC_CALIBRATION)] @ np.asarray(self.semantic_calib[:-1])
+                     + self.semantic_calib[-1])
+            z = max(z, float(z_sem))
         return float(1.0 / (1.0 + np.exp(-z)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "features": list(self.features), "calib": self.calib,
-                "threshold": self.threshold, "report": self.report}
+                "threshold": self.threshold, "report": self.report,
+                "semantic_calib": self.semantic_calib}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ranker:
         return cls(weights=list(d["weights"]), features=tuple(d["features"]),
                    calib=list(d["calib"]), threshold=float(d["threshold"]),
-                   report=dict(d.get("report", {})))
+                   report=dict(d.get("report", {})),
+                   semantic_calib=list(d.get("semantic_calib", [])))
 
     @classmethod
     def default(cls) -> Ranker:
@@ -171,13 +191,31 @@ def fit_ranker(groups: list[tuple[np.ndarray, np.ndarray]], null_groups: list[np
             continue
         rows.append(calibration_features(x @ weights, x))
         labels.append(0.0)
-    ranker.calib = _fit_logistic(np.asarray(rows), np.asarray(labels))
+    x_cal, y_cal = np.asarray(rows), np.asarray(labels)
+    ranker.calib = _fit_logistic(x_cal, y_cal)
     p1 = float(np.mean([y[np.argmax(x @ weights)] for x, y in usable]))
     ranker.report = {"fitted": True, "planted_queries": len(usable),
                      "null_queries": len(null_groups), "train_p_at_1": p1}
+    if (y_cal == 0).sum() >= 20:
+        ranker.semantic_calib, ranker.report["semantic"] = _fit_semantic(x_cal, y_cal)
     log.info("fusion ranker fitted on %d planted + %d null queries, train P@1 %.3f",
              len(usable), len(null_groups), p1)
     return ranker
+
+
+def _fit_semantic(x: np.ndarray, y: np.ndarray) -> tuple[list[float], dict[str, float]]:
+    """The semantic-only model, its intercept lowered so that at most
+    :data:`SEMANTIC_NULL_BUDGET` of the nulls (y = 0) reach 0.5."""
+    xs = x[:, list(SEMANTIC_CALIBRATION)]
+    coef = np.asarray(_fit_logistic(xs, y))
+    z = xs @ coef[:-1] + coef[-1]
+    shift = max(0.0, float(np.quantile(z[y == 0], 1 - SEMANTIC_NULL_BUDGET)))
+    coef[-1] -= shift + 1e-6
+    z = z - shift - 1e-6
+    return [float(v) for v in coef], {
+        "intercept_shift": round(shift, 4),
+        "null_attributed": round(float((z[y == 0] >= 0).mean()), 4),
+        "planted_attributed": round(float((z[y == 1] >= 0).mean()), 4)}
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> list[float]:

@@ -106,3 +106,24 @@ def test_calibration_features_and_older_rankers():
     old = Ranker.from_dict({"weights": [0.0] * len(FEATURES), "features": list(FEATURES),
                             "calib": [1.0, 1.0, 0.0, 0.0, 0.0, -5.0], "threshold": 0.5})
     assert old.confidence(scores, feats) == pytest.approx(1 / (1 + np.exp(-(4.0 + 1.5 - 5.0))))
+
+
+def test_semantic_calibration_keeps_to_its_null_budget():
+    import numpy as np
+
+    from gif_core.fusion import SEMANTIC_NULL_BUDGET, _fit_semantic
+
+    rng = np.random.default_rng(0)
+    n_pos, n_null = 400, 400
+    x = np.zeros((n_pos + n_null, 6))
+    x[:n_pos, 2] = rng.uniform(0.75, 1.0, n_pos)  # sources: close in meaning
+    x[:n_pos, 5] = rng.uniform(0.05, 0.5, n_pos)  # and far ahead of the runner-up
+    x[n_pos:, 2] = rng.uniform(0.3, 0.85, n_null)  # nulls: related at best
+    x[n_pos:, 5] = rng.uniform(-0.05, 0.2, n_null)
+    y = np.r_[np.ones(n_pos), np.zeros(n_null)]
+    coef, report = _fit_semantic(x, y)
+    z = x[:, [2, 5]] @ np.asarray(coef[:-1]) + coef[-1]
+    assert (z[y == 0] >= 0).mean() <= SEMANTIC_NULL_BUDGET
+    assert report["null_attributed"] == round(float((z[y == 0] >= 0).mean()), 4)
+    # a clearly separated source is still attributed on meaning alone
+    assert np.asarray([0.97, 0.45]) @ np.asarray(coef[:-1]) + coef[-1] > 0
