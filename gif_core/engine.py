@@ -514,16 +514,22 @@ class Engine:
         if self.modality != "image":
             raise InputError(f"index {str(self.directory)!r} holds texts; an image query needs "
                              f"an image index (`gif build IMAGE_FOLDER --out INDEX`).")
-        query = ImageQuery.from_source(image)
-        return self._attribute(query, query.sha256, self.ranker, k=k, candidates=candidates,
-                               influence=influence, spans=False)
-
-    def _attribute(self, query: str | ImageQuery, query_sha256: str, ranker: Ranker, *, k: int,
-                   candidates: int | None, influence: bool, spans: bool) -> Attribution:
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}.")
         timer = Timer()
         t0 = time.perf_counter()
+        with timer.stage("decode"):
+            query = ImageQuery.from_source(image)
+        return self._attribute(query, query.sha256, self.ranker, k=k, candidates=candidates,
+                               influence=influence, spans=False, timer=timer, t0=t0)
+
+    def _attribute(self, query: str | ImageQuery, query_sha256: str, ranker: Ranker, *, k: int,
+                   candidates: int | None, influence: bool, spans: bool,
+                   timer: Timer | None = None, t0: float | None = None) -> Attribution:
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}.")
+        timer = timer or Timer()
+        t0 = time.perf_counter() if t0 is None else t0
         cand = self.candidates(query, timer, candidates or self.config.index.candidates)
         with timer.stage("rank"):
             scores = ranker.score(cand.features)
@@ -658,9 +664,12 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
     from .config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
     from .images import ImageError, decode_image
 
+    import dataclasses
+
     config = config or BuildConfig()
     if config.encoder.name == DEFAULT_TEXT_ENCODER:
-        config.encoder.name = DEFAULT_IMAGE_ENCODER
+        config = dataclasses.replace(
+            config, encoder=dataclasses.replace(config.encoder, name=DEFAULT_IMAGE_ENCODER))
     progress = progress or _noop
     timer = Timer()
     t_start = time.perf_counter()

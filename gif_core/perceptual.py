@@ -42,9 +42,15 @@ def image_hashes(image) -> tuple[np.uint64, np.uint64]:
     return _pack(imagehash.phash(image).hash), _pack(imagehash.dhash(image).hash)
 
 
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+
+
 def hamming(a: np.ndarray, b: np.uint64) -> np.ndarray:
     """Hamming distances between each uint64 in ``a`` and ``b``."""
-    return np.bitwise_count(np.bitwise_xor(a, np.uint64(b))).astype(np.int32)
+    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.uint64(b))
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x).astype(np.int32)
+    return _POPCOUNT8[x.reshape(-1, 1).view(np.uint8)].sum(axis=1).astype(np.int32)
 
 
 class PerceptualIndex:

@@ -14,7 +14,10 @@ as positives of each other. Every image is seen through random crops, small rota
 blur and brightness changes, so that perturbed copies of one picture land close together.
 
 Output: fp16 safetensors weights and a JSON report (settings, data counts, held-out metrics)
-beside them, used for ``assets/image_tower.md``.
+beside them, used for ``assets/image_tower.md``. The held-out metrics are measured twice: on the
+72-px training arrays right after training, and (``inference_path``, the figures of the model
+card) through :class:`gif_core.encoders.ImageEncoder` on freshly decoded files, exactly as an
+index build sees them; ``--evaluate-only`` recomputes the latter for existing weights.
 """
 
 from __future__ import annotations
@@ -131,19 +134,55 @@ def embed_eval(tower: ImageTower, pixels: np.ndarray) -> torch.Tensor:
     return torch.cat(out)
 
 
+def evaluate(weights: Path) -> dict[str, dict[str, float]]:
+    """Held-out retrieval metrics of saved weights through the inference path users get
+    (:class:`gif_core.encoders.ImageEncoder` on freshly decoded images)."""
+    from gif_core.config import EncoderConfig
+    from gif_core.encoders import ImageEncoder
+
+    enc = ImageEncoder(EncoderConfig(name=str(weights), device="cpu"))
+    out = {}
+    for name, corpus in (("stamps", stamps_corpus()), ("openclipart", openclipart_corpus())):
+        images, captions = [], []
+        for src in corpus.sources:
+            if not is_held_out(src.id):
+                continue
+            try:
+                images.append(decode_image(src.read(), where=src.id).image)
+            except ImageError:
+                continue
+            captions.append(src.caption)
+        img = torch.from_numpy(enc.encode_images(images))
+        txt = torch.from_numpy(enc.encode(captions))
+        out[f"held_out_{name}"] = retrieval_metrics(img, txt)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="assets/image_tower.safetensors")
     ap.add_argument("--cache", default=str(Path.home() / ".cache/gif/tower_pairs.npz"))
     ap.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warmup")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="recompute the held-out metrics of --out through the inference path and "
+                         "update its JSON report")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.evaluate_only:
+        out = Path(args.out)
+        report_path = out.with_suffix(".json")
+        report = json.loads(report_path.read_text())
+        report["metrics"]["inference_path"] = evaluate(out)
+        report_path.write_text(json.dumps(report, indent=2))
+        log.info("inference-path metrics: %s", report["metrics"]["inference_path"])
+        return
     torch.manual_seed(args.seed)
 
     data = load_pairs(Path(args.cache))
@@ -154,13 +193,17 @@ def main() -> None:
     log.info("%d pairs (%d skipped at decoding): %d train, %d held out", len(ids),
              int(data["skipped"]), len(train_idx), len(test_idx))
 
-    text = TextEncoder()
     uniq, cap_id = np.unique(np.array(captions), return_inverse=True)
-    t_emb = torch.from_numpy(text.encode(uniq.tolist()))  # (U, d) unit rows
+    emb_cache = Path(args.cache).with_suffix(".captions.npy")
+    if emb_cache.is_file() and len(np.load(emb_cache)) == len(uniq):
+        t_emb = torch.from_numpy(np.load(emb_cache))
+    else:
+        t_emb = torch.from_numpy(TextEncoder().encode(uniq.tolist()))  # (U, d) unit rows
+        np.save(emb_cache, t_emb.numpy())
     pixels = torch.from_numpy(data["pixels"]).permute(0, 3, 1, 2)  # (N, 3, 72, 72) uint8
     cap_id_t = torch.from_numpy(cap_id)
 
-    tower = ImageTower(dim=text.dim)
+    tower = ImageTower(dim=t_emb.shape[1])
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = [{"params": [p for n, p in tower.named_parameters() if p.ndim > 1],
                "weight_decay": args.weight_decay},
@@ -176,7 +219,7 @@ def main() -> None:
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         for start in range(0, len(perm) - args.batch + 1, args.batch):
             frac = min(1.0, (time.time() - t0) / budget)
-            lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * frac))
+            lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = torch.from_numpy(perm[start:start + args.batch])
@@ -192,7 +235,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             seen += len(idx)
             if step % 20 == 0:
@@ -232,13 +275,16 @@ def main() -> None:
                         "fashion_mnist": sum(i.startswith("fashion-mnist/") for i in ids)},
               "settings": {"minutes": args.minutes, "batch": args.batch, "lr": args.lr,
                            "weight_decay": args.weight_decay, "seed": args.seed,
-                           "threads": args.threads, "steps": step, "epochs": epoch,
+                           "warmup": args.warmup, "threads": args.threads, "steps": step, "epochs": epoch,
                            "train_seconds": round(train_s, 1),
                            "final_loss": float(np.mean(losses[-50:])),
                            "temperature": float(1 / logit_scale.exp())},
               "metrics": metrics}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    log.info("wrote %s (%d bytes, sha256 %s)", out, report["bytes"], report["sha256"])
+    report["metrics"]["inference_path"] = evaluate(out)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    log.info("wrote %s (%d bytes, sha256 %s); inference-path metrics %s", out, report["bytes"],
+             report["sha256"], report["metrics"]["inference_path"])
 
 
 if __name__ == "__main__":
