@@ -661,10 +661,10 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
 
     ``config.encoder.name`` left at the text default means the default image tower.
     """
+    import dataclasses
+
     from .config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
     from .images import ImageError, decode_image
-
-    import dataclasses
 
     config = config or BuildConfig()
     if config.encoder.name == DEFAULT_TEXT_ENCODER:
