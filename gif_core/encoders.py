@@ -113,7 +113,7 @@ class TextEncoder:
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 TOWER_FILE = "image_tower.safetensors"
-TOWER_SHA256 = "(set after training)"
+TOWER_SHA256 = "9e65071c07d3540b5ecd8fa393b614ccf174e4d3cfea1ead5f4c737c13afbb98"
 """SHA-256 of the shipped ``assets/image_tower.safetensors`` (also in ``assets/image_tower.md``)."""
 TOWER_SIDE = 64
 """Input side of the image tower: images are padded to a square on white, then resized."""

@@ -113,6 +113,12 @@ def _rasterise_svg(data: bytes, where: str) -> bytes:
     try:
         return cairosvg.svg2png(bytestring=data, output_width=SVG_SIDE, unsafe=False)
     except Exception as exc:  # cairosvg raises many types (XML, value, cairo errors)
+        if type(exc).__name__ in ("EntitiesForbidden", "DTDForbidden", "ExternalReferenceForbidden"):
+            # cairosvg's safe mode (defusedxml) refuses entity declarations: entity-expansion
+            # bombs and external references
+            raise ImageError(f"{where}: the SVG declares XML entities or external references, "
+                             f"which are refused for safety. Convert it to PNG first.",
+                             "svg_unsupported") from None
         raise ImageError(f"{where}: SVG cannot be rasterised ({type(exc).__name__}: "
                          f"{str(exc)[:120]}). Check the file, or convert it to PNG.",
                          "damaged") from None
