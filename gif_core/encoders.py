@@ -9,6 +9,7 @@ normalisation, as the model was trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -20,6 +21,7 @@ import torch
 
 from .config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, EncoderConfig
 from .errors import ConfigError
+from .threads import single_thread
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ TOWER_SIDE = 64
 """Input side of the image tower: images are padded to a square on white, then resized."""
 TOWER_WIDTHS = (24, 48, 96, 192)
 OPEN_CLIP_PREFIX = "open_clip:"
+SMALL_BATCH = 4
+"""Image batches up to this size (queries) are encoded on one thread."""
 
 
 class ImageTower(torch.nn.Module):
@@ -325,11 +329,14 @@ class ImageEncoder:
         bs = self.config.batch_size
         for start in range(0, n, bs):
             batch = images[start:start + bs]
-            if self._clip is not None:
-                x = torch.stack([self._preprocess(im) for im in batch]).to(self.device)
-                z = self._clip.encode_image(x)
-            else:
-                z = self.tower(tower_batch(batch).to(self.device))  # (B, d)
+            # a query's few images: one thread is faster than several spin-waiting on a busy CPU
+            threads = single_thread() if len(batch) <= SMALL_BATCH else contextlib.nullcontext()
+            with threads:
+                if self._clip is not None:
+                    x = torch.stack([self._preprocess(im) for im in batch]).to(self.device)
+                    z = self._clip.encode_image(x)
+                else:
+                    z = self.tower(tower_batch(batch).to(self.device))  # (B, d)
             out[start:start + len(batch)] = torch.nn.functional.normalize(
                 z.float(), dim=-1).cpu().numpy()
             if progress is not None:

@@ -924,9 +924,14 @@ def fit_image_ranker(engine: Engine, sources: Sequence[Any], n_queries: int,
 
     if n_queries == 0 or len(sources) < 50:
         return Ranker.default()
+    # an image stored twice (same bytes under two ids) is a source under either id
+    same_bytes: dict[str, list[int]] = {}
+    for r, rec in enumerate(engine.samples.records()):
+        same_bytes.setdefault(rec["sha256"], []).append(r)
+    sha_of = [rec["sha256"] for rec in engine.samples.records()]
     rng = np.random.default_rng(12345)
     rows = rng.choice(len(sources), size=min(n_queries, len(sources)), replace=False)
-    planted: list[tuple[int, int, ImageQuery]] = []
+    planted: list[tuple[int, np.ndarray, ImageQuery]] = []
     for i, row in enumerate(rows):
         try:
             image = decode_image(sources[row].read(), where=sources[row].id).image
@@ -934,7 +939,7 @@ def fit_image_ranker(engine: Engine, sources: Sequence[Any], n_queries: int,
             continue  # the file changed since it was indexed
         kind = IMAGE_KINDS[i % len(IMAGE_KINDS)]
         query = ImageQuery.from_source(perturb_image(image, kind, seed=int(row) * 31 + i))
-        planted.append((i, int(row), query))
+        planted.append((i, np.asarray(same_bytes[sha_of[int(row)]]), query))
         progress("ranker", i + 1, 2 * len(rows))
     fps = engine.fingerprint_images([q.image for _, _, q in planted])
     return _fit_on_planted(engine, planted, fps, progress)
