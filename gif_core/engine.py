@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -33,12 +33,13 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import BuildConfig
 from .data import Sample
-from .encoders import TextEncoder, resolve_device
+from .encoders import ImageEncoder, TextEncoder, resolve_device
 from .errors import ConfigError, GIFError, IndexFormatError, InputError
 from .fusion import Ranker, feature_matrix, fit_ranker
 from .influence import EKFAC, HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
+from .perceptual import PerceptualIndex, image_hashes
 from .probe import Probe, train_probe
 from .projection import make_projector
 from .store import (
@@ -58,6 +59,9 @@ from .store import (
 from .threads import single_thread
 from .verbatim import VerbatimIndex, find_spans
 
+if TYPE_CHECKING:
+    from .image_data import ImageCorpus
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
@@ -68,6 +72,13 @@ HVP_SAMPLE = 50_000
 """Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
                 "exact", "rewrite")
+IMAGE_RANKER_QUERIES = 300
+"""Planted perturbed copies (and masked-source nulls) that fit an image index's ranker; each
+costs a decode and an encoder pass, so fewer than the text default."""
+TEXT_TO_IMAGE_KINDS = ("exact", "word_drop", "typos", "synonym")
+"""Perturbations of captions that fit an image index's text → image ranker."""
+SKIPPED_LISTED = 1000
+"""Skipped images listed one by one in an image index's manifest (all are counted)."""
 SNIPPET_CHARS = 300
 SEMANTIC_HINT = 0.7
 """Embedding cosine above which an abstention names the nearest sample in meaning (display
@@ -201,6 +212,36 @@ class Candidates:
     label_y: int
 
 
+@dataclass
+class ImageQuery:
+    """A query image, decoded, with the hash of its bytes and its perceptual hashes."""
+
+    image: Any
+    """RGB ``PIL.Image``."""
+    sha256: str
+    phash: np.uint64
+    dhash: np.uint64
+
+    @classmethod
+    def from_source(cls, source: bytes | str | Path | Any) -> ImageQuery:
+        """From bytes or a path (decoded by :func:`gif_core.images.decode_image`; an
+        :class:`~gif_core.images.ImageError` names any problem) or a decoded PIL image (hashed
+        over its RGB pixels)."""
+        from .images import decode_image
+
+        if isinstance(source, (bytes, bytearray, str, Path)):
+            decoded = decode_image(source)
+            image, sha = decoded.image, decoded.sha256
+        elif hasattr(source, "convert") and hasattr(source, "size"):
+            image = source.convert("RGB")
+            sha = hashlib.sha256(image.tobytes()).hexdigest()
+        else:
+            raise InputError(f"image query must be bytes, a path or a PIL image, got "
+                             f"{type(source).__name__}.")
+        ph, dh = image_hashes(image)
+        return cls(image, sha, ph, dh)
+
+
 def validate_text(text: Any) -> str:
     if not isinstance(text, str):
         raise InputError(f"query text must be a string, got {type(text).__name__}.")
@@ -260,12 +301,27 @@ class Engine:
         self.projector = make_projector(self.probe, self.config.projection)
         self.faiss = faiss.read_index(str(d / "fingerprints.faiss"))
         _tune(self.faiss, self.config.index.ef_search, self.config.index.nprobe)
-        self.lexical = LexicalIndex.load(d / "lexical")
-        self.verbatim = VerbatimIndex.load(d / "verbatim")
+        self.modality = self.manifest.get("modality", "text")
+        # image indexes have BM25 only when some image has a caption, and perceptual hashes in
+        # the place of the shingle channel
+        self.lexical = LexicalIndex.load(d / "lexical") if (d / "lexical").is_dir() else None
+        self.verbatim = VerbatimIndex.load(d / "verbatim") if self.modality == "text" else None
+        self.perceptual = (PerceptualIndex.load(d / "perceptual") if self.modality == "image"
+                           else None)
         ranker_path = d / "ranker.json"
         self.ranker = (Ranker.from_dict(json.loads(ranker_path.read_text()))
                        if ranker_path.exists() else Ranker.default())
-        self.encoder = encoder or TextEncoder(self.config.encoder)
+        text_ranker_path = d / "ranker_text.json"
+        self.text_ranker = (Ranker.from_dict(json.loads(text_ranker_path.read_text()))
+                            if text_ranker_path.exists()
+                            else self.ranker if self.modality == "text" else Ranker.default())
+        if encoder is not None and getattr(encoder, "modality", "text") != self.modality:
+            raise ConfigError(f"index {str(d)!r} holds {self.modality}s but the encoder passed "
+                              f"in is a {encoder.modality} encoder.")
+        if encoder is None:
+            encoder = (ImageEncoder(self.config.encoder) if self.modality == "image"
+                       else TextEncoder(self.config.encoder))
+        self.encoder = encoder
         expected = self.manifest.get("encoder", {}).get("weights_sha256")
         if expected and self.encoder.weights_sha256 not in (expected, "unknown"):
             raise IndexFormatError(
@@ -281,6 +337,10 @@ class Engine:
         engine = cls(directory, **kwargs)
         if warm:
             engine.attribute("warm-up query for the provenance engine", k=1, spans=False)
+            if engine.modality == "image":
+                from PIL import Image
+
+                engine.attribute_image(Image.new("RGB", (64, 64), (128, 128, 128)), k=1)
         return engine
 
     def __len__(self) -> int:
@@ -293,8 +353,21 @@ class Engine:
     # -- fingerprints ---------------------------------------------------------------------
 
     def fingerprint(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode texts exactly as at build time: (e (B, d), labels (B,), c (B, m))."""
-        e = self.encoder.encode(list(texts))
+        """Encode texts exactly as at build time: (e (B, d), labels (B,), c (B, m)).
+
+        On an image index the texts go through the image encoder's text side (the shared
+        space), for text → image queries."""
+        return self._fingerprint_e(self.encoder.encode(list(texts)))
+
+    def fingerprint_images(self, images: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encode decoded RGB images exactly as at build time: (e, labels, c)."""
+        if self.modality != "image":
+            raise InputError(f"index {str(self.directory)!r} holds texts; an image query needs "
+                             f"an image index (`gif build IMAGE_FOLDER --out INDEX`).")
+        return self._fingerprint_e(self.encoder.encode_images(list(images)))
+
+    def _fingerprint_e(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stage B on embeddings (B, d), the same for every modality: label, gradient, c."""
         labels = assign(e, self.centroids)
         with torch.no_grad(), single_thread():
             c = self.projector.project(self.probe, torch.from_numpy(e),
@@ -303,32 +376,49 @@ class Engine:
 
     # -- candidates and evidence ----------------------------------------------------------
 
-    def candidates(self, text: str, timer: Timer, k_cand: int,
-                    exclude: set[int] | None = None,
-                    fingerprint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-                    ) -> Candidates:
-        """Candidates from the ANN, BM25 and verbatim channels (``k_cand`` each) and their
+    def candidates(self, query: str | ImageQuery, timer: Timer, k_cand: int,
+                   exclude: set[int] | None = None,
+                   fingerprint: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                   ) -> Candidates:
+        """Candidates from the ANN, BM25 and near-copy channels (``k_cand`` each) and their
         features. ``exclude`` drops rows (used to simulate outputs with no source);
-        ``fingerprint`` passes a precomputed (e, label, c) to skip the encoder."""
+        ``fingerprint`` passes a precomputed (e, label, c) to skip the encoder.
+
+        ``query`` is a text, or an :class:`ImageQuery` on an image index. The third channel is
+        the verbatim shingle index for texts and the perceptual-hash index for images; a text
+        on an image index uses ANN (shared space) and BM25 over the captions.
+        """
+        image = query if isinstance(query, ImageQuery) else None
+        text = None if image is not None else query
         with timer.stage("encode"):
-            e_y, lab_y, c_y = fingerprint or self.fingerprint([text])
+            if fingerprint is None:
+                fingerprint = (self.fingerprint_images([image.image]) if image is not None
+                               else self.fingerprint([text]))
+            e_y, lab_y, c_y = fingerprint
         fp = self.config.fingerprint
         h_y = make_fingerprints(e_y, c_y, fp.alpha, fp.embedding)
+        empty = np.zeros(0, dtype=np.int64)
         with timer.stage("ann"):
             _, ann = self.faiss.search(h_y, k_cand + (len(exclude) if exclude else 0))
         ann = ann[0][ann[0] >= 0]
         with timer.stage("lexical"):
-            _, lex = self.lexical.search(text, k_cand)
-        with timer.stage("verbatim"):
-            _, verb = self.verbatim.search(text, k_cand)
+            lex = (self.lexical.search(text, k_cand)[1] if text is not None and self.lexical
+                   else empty)
+        with timer.stage("verbatim" if image is None else "phash"):
+            if image is not None:
+                near = self.perceptual.search(image.phash, image.dhash, k_cand)[1]
+            elif self.verbatim is not None:
+                near = self.verbatim.search(text, k_cand)[1]
+            else:
+                near = empty
         with timer.stage("fuse"):
             if exclude:
                 ann = ann[~np.isin(ann, list(exclude))][:k_cand]
                 lex = lex[~np.isin(lex, list(exclude))]
-                verb = verb[~np.isin(verb, list(exclude))]
-            rows = np.unique(np.concatenate([ann, lex, verb]).astype(np.int64))
+                near = near[~np.isin(near, list(exclude))]
+            rows = np.unique(np.concatenate([ann, lex, near]).astype(np.int64))
             rank_of = []
-            for found in (ann, lex, verb):
+            for found in (ann, lex, near):
                 r = np.zeros(len(rows), dtype=np.int64)
                 pos = {int(row): i + 1 for i, row in enumerate(found)}
                 for j, row in enumerate(rows):
@@ -339,15 +429,25 @@ class Engine:
             cp = np.asarray(self.grad_proj[rows], dtype=np.float32)
             cp /= np.maximum(np.linalg.norm(cp, axis=1, keepdims=True), 1e-12)
             cos_c = cp @ (c_y[0] / max(np.linalg.norm(c_y[0]), 1e-12))
-            bm25 = self.lexical.score_rows(text, rows).astype(np.float32)
-            ideal = self.lexical.max_score(text)
-            verbatim = self.verbatim.coverage_rows(text, rows).astype(np.float32)
+            if text is not None and self.lexical is not None:
+                bm25 = self.lexical.score_rows(text, rows).astype(np.float32)
+                ideal = self.lexical.max_score(text)
+            else:
+                bm25, ideal = np.zeros(len(rows), dtype=np.float32), 1.0
+            # the near-copy evidence: shingle coverage for texts, hash similarity for images
+            if image is not None:
+                verbatim = self.perceptual.similarity_rows(image.phash, image.dhash, rows
+                                                           ).astype(np.float32)
+            elif self.verbatim is not None:
+                verbatim = self.verbatim.coverage_rows(text, rows).astype(np.float32)
+            else:
+                verbatim = np.zeros(len(rows), dtype=np.float32)
             feats = feature_matrix(cos_e, cos_c, bm25, ideal, verbatim, *rank_of)
-            names = ("ann", "lexical", "verbatim")
+            names = ("ann", "lexical", "verbatim" if self.modality == "text" else "phash")
             channels = [[names[c] for c in range(3) if rank_of[c][j] > 0]
                         for j in range(len(rows))]
         return Candidates(rows, feats, cos_e, cos_c, bm25, verbatim, channels, e_y[0],
-                           c_y[0], int(lab_y[0]))
+                          c_y[0], int(lab_y[0]))
 
     # -- influence ------------------------------------------------------------------------
 
@@ -391,6 +491,9 @@ class Engine:
                   influence: bool = True, spans: bool = True) -> Attribution:
         """Rank the training samples this text most likely came from.
 
+        On an image index the text is matched against the images through the shared space and
+        against their captions (text → image).
+
         Args:
             text: the model output to trace.
             k: results returned.
@@ -399,31 +502,63 @@ class Engine:
             spans: compute the shared verbatim spans of the returned results.
         """
         text = validate_text(text)
+        return self._attribute(text, hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                               self.text_ranker, k=k, candidates=candidates,
+                               influence=influence, spans=spans)
+
+    def attribute_image(self, image: bytes | str | Path | Any, *, k: int = 10,
+                        candidates: int | None = None, influence: bool = True) -> Attribution:
+        """Rank the indexed images this image most likely came from (image index only).
+
+        Args:
+            image: image bytes, a path, or a decoded PIL image.
+
+        Raises:
+            ImageError: the image cannot be decoded (empty, truncated, over the pixel limit,
+                not an image); the message names the problem and the fix.
+        """
+        if self.modality != "image":
+            raise InputError(f"index {str(self.directory)!r} holds texts; an image query needs "
+                             f"an image index (`gif build IMAGE_FOLDER --out INDEX`).")
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}.")
         timer = Timer()
         t0 = time.perf_counter()
-        cand = self.candidates(text, timer, candidates or self.config.index.candidates)
+        with timer.stage("decode"):
+            query = ImageQuery.from_source(image)
+        return self._attribute(query, query.sha256, self.ranker, k=k, candidates=candidates,
+                               influence=influence, spans=False, timer=timer, t0=t0)
+
+    def _attribute(self, query: str | ImageQuery, query_sha256: str, ranker: Ranker, *, k: int,
+                   candidates: int | None, influence: bool, spans: bool,
+                   timer: Timer | None = None, t0: float | None = None) -> Attribution:
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}.")
+        timer = timer or Timer()
+        t0 = time.perf_counter() if t0 is None else t0
+        cand = self.candidates(query, timer, candidates or self.config.index.candidates)
         with timer.stage("rank"):
-            scores = self.ranker.score(cand.features)
+            scores = ranker.score(cand.features)
             order = np.argsort(-scores, kind="stable")
-            confidence = self.ranker.confidence(scores, cand.features)
+            confidence = ranker.confidence(scores, cand.features)
             top = order[:k]
         infl = infl_n = None
         solver: dict[str, Any] = {}
         if influence and len(top):
             with timer.stage("influence"):
                 infl, infl_n, solver = self.influence_for(cand.e_y, cand.label_y, cand.rows[top])
+        text = query if isinstance(query, str) else None
         results = []
         with timer.stage("results"):
             for i, j in enumerate(top):
                 row = int(cand.rows[j])
                 rec = self.samples.record(row)
                 found = ([asdict(s) for s in find_spans(text, rec["text"])]
-                         if spans else [])
+                         if spans and text is not None and rec["text"] else [])
+                snippet = rec["text"] or rec.get("meta", {}).get("path", "")
                 results.append(Result(
                     id=rec["id"], row=row, rank=i + 1, score=float(scores[j]), sha256=rec["sha256"],
-                    snippet=rec["text"][:SNIPPET_CHARS], channels=cand.channels[j],
+                    snippet=snippet[:SNIPPET_CHARS], channels=cand.channels[j],
                     similarity=float(cand.cos_e[j]), gradient_similarity=float(cand.cos_c[j]),
                     bm25=float(cand.bm25[j]), verbatim=float(cand.verbatim[j]),
                     influence=None if infl is None else float(infl[i]),
@@ -431,8 +566,8 @@ class Engine:
                     spans=found, meta=rec.get("meta", {})))
         timer.ms["total"] = (time.perf_counter() - t0) * 1000
         return Attribution(
-            query_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), results=results,
-            confidence=confidence, abstained=confidence < self.ranker.threshold,
+            query_sha256=query_sha256, results=results,
+            confidence=confidence, abstained=confidence < ranker.threshold,
             timings_ms={k_: round(v, 3) for k_, v in timer.ms.items()},
             index_version=int(self.manifest.get("index_version", 1)), solver=solver)
 
@@ -460,38 +595,173 @@ def _encode_all(encoder: TextEncoder, texts: Sequence[str], chunk: int, progress
     return out
 
 
+def _check_samples(samples: Sequence[Sample]) -> None:
+    if len(samples) < 2:
+        raise InputError(f"the corpus has {len(samples)} usable sample(s); at least 2 are needed.")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"duplicate sample id {dup!r}. Ids must be unique.")
+
+
+def _check_clusters(config: BuildConfig, n: int) -> None:
+    n_clusters = config.labels.resolve(n)
+    if n < n_clusters:
+        raise InputError(f"the corpus has {n} samples, fewer than the {n_clusters} clusters asked "
+                         f"for. Pass --clusters {max(2, n // 4)} or fewer, or add samples.")
+
+
 def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None = None, *,
           progress: Progress | None = None, encoder: TextEncoder | None = None,
           corpus_name: str = "") -> dict[str, Any]:
-    """Build an index directory from samples; atomic (a failure leaves ``out`` untouched).
+    """Build an index directory from text samples; atomic (a failure leaves ``out`` untouched).
 
     Returns:
         The manifest written to ``out/manifest.json``.
     """
     config = config or BuildConfig()
     progress = progress or _noop
-    if len(samples) < 2:
-        raise InputError(f"the corpus has {len(samples)} sample(s); at least 2 are needed.")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise InputError(f"duplicate sample id {dup!r}. Ids must be unique.")
-    n = len(samples)
+    _check_samples(samples)
     timer = Timer()
     t_start = time.perf_counter()
     texts = [s.text for s in samples]
     with timer.stage("load_encoder"):
         encoder = encoder or TextEncoder(config.encoder)
-    device = encoder.device
-    n_clusters = config.labels.resolve(n)
-    if n < n_clusters:
-        raise InputError(f"the corpus has {n} samples, fewer than the {n_clusters} clusters asked "
-                         f"for. Pass --clusters {max(2, n // 4)} or fewer, or add samples.")
+    _check_clusters(config, len(samples))
+    with timer.stage("encode"):
+        e = _encode_all(encoder, texts, config.chunk_size, progress)
 
+    def write_channels(tmp: Path) -> None:
+        with timer.stage("lexical"):
+            progress("lexical", 0, 1)
+            (tmp / "lexical").mkdir()
+            LexicalIndex.build(texts).save(tmp / "lexical")
+            progress("lexical", 1, 1)
+        with timer.stage("verbatim"):
+            progress("verbatim", 0, 1)
+            (tmp / "verbatim").mkdir()
+            VerbatimIndex.build(texts).save(tmp / "verbatim")
+            progress("verbatim", 1, 1)
+
+    def fit_rankers(engine: Engine) -> dict[str, Ranker]:
+        return {"ranker.json": fit_build_ranker(engine, samples, config.ranker_queries, progress)}
+
+    return _build_index(samples, e, out, config, encoder, modality="text",
+                        write_channels=write_channels, fit_rankers=fit_rankers, extra={},
+                        progress=progress, timer=timer, t_start=t_start, corpus_name=corpus_name)
+
+
+def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | None = None, *,
+                 progress: Progress | None = None, encoder: ImageEncoder | None = None,
+                 corpus_name: str = "") -> dict[str, Any]:
+    """Build an index of images (with optional captions) through the same Stage A/B as text.
+
+    Each image is read and decoded once (:func:`gif_core.images.decode_image`); one that
+    cannot be used (unreadable, empty, truncated, not an image, over the pixel limit) is skipped
+    and listed under ``skipped`` in the manifest with its reason, next to the problems found
+    while listing the corpus (a caption without an image). The evidence channels are the
+    fingerprint ANN, perceptual hashes (:mod:`gif_core.perceptual`) and, when captions exist,
+    BM25 over the captions. Two fusion rankers are fitted: on perturbed copies of indexed
+    images (``ranker.json``) and on perturbed captions (``ranker_text.json``, text → image).
+
+    ``config.encoder.name`` left at the text default means the default image tower.
+    """
+    import dataclasses
+
+    from .config import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+    from .images import ImageError, decode_image
+
+    config = config or BuildConfig()
+    if config.encoder.name == DEFAULT_TEXT_ENCODER:
+        config = dataclasses.replace(
+            config, encoder=dataclasses.replace(config.encoder, name=DEFAULT_IMAGE_ENCODER))
+    progress = progress or _noop
+    timer = Timer()
+    t_start = time.perf_counter()
+    with timer.stage("load_encoder"):
+        encoder = encoder or ImageEncoder(config.encoder)
+    sources = corpus.sources
+    skipped: list[dict[str, str]] = list(corpus.problems)
+    kept: list[int] = []
+    samples: list[Sample] = []
+    hashes: list[tuple[np.uint64, np.uint64]] = []
+    chunks: list[np.ndarray] = []
+    seen_ids: set[str] = set()
+    done = 0
+    with timer.stage("encode"):
+        for start in range(0, len(sources), config.chunk_size):
+            images = []
+            for i in range(start, min(len(sources), start + config.chunk_size)):
+                src = sources[i]
+                if src.id in seen_ids:
+                    raise InputError(f"duplicate image id {src.id!r}. Ids must be unique.")
+                seen_ids.add(src.id)
+                try:
+                    decoded = decode_image(src.read(), where=src.id)
+                except ImageError as exc:
+                    skipped.append({"item": src.id, "reason": exc.reason, "message": str(exc)})
+                    log.warning("skipped %s", exc)
+                    continue
+                meta = dict(src.meta)
+                meta.update(width=decoded.width, height=decoded.height, format=decoded.format)
+                samples.append(Sample(src.id, src.caption, decoded.sha256, meta))
+                hashes.append(image_hashes(decoded.image))
+                images.append(decoded.image)
+                kept.append(i)
+            if images:
+                chunks.append(encoder.encode_images(images))
+            done = min(len(sources), start + config.chunk_size)
+            progress("encode", done, len(sources))
+    _check_samples(samples)
+    _check_clusters(config, len(samples))
+    e = np.concatenate(chunks)
+    texts = [s.text for s in samples]
+    captioned = sum(1 for t in texts if t.strip())
+    kept_sources = [sources[i] for i in kept]
+
+    def write_channels(tmp: Path) -> None:
+        with timer.stage("phash"):
+            PerceptualIndex(np.array([h[0] for h in hashes], dtype=np.uint64),
+                            np.array([h[1] for h in hashes], dtype=np.uint64)
+                            ).save(tmp / "perceptual")
+        if captioned:
+            with timer.stage("lexical"):
+                (tmp / "lexical").mkdir()
+                LexicalIndex.build(texts).save(tmp / "lexical")
+
+    def fit_rankers(engine: Engine) -> dict[str, Ranker]:
+        n_img = min(config.ranker_queries, IMAGE_RANKER_QUERIES)
+        out = {"ranker.json": fit_image_ranker(engine, kept_sources, n_img, progress)}
+        if captioned:
+            out["ranker_text.json"] = fit_caption_ranker(engine, samples,
+                                                         min(config.ranker_queries,
+                                                             IMAGE_RANKER_QUERIES), progress)
+        return out
+
+    reasons: dict[str, int] = {}
+    for item in skipped:
+        reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+    extra = {"images": {"listed": len(sources), "indexed": len(samples), "captioned": captioned,
+                        "skipped": len(skipped), "skipped_reasons": reasons,
+                        "skipped_items": skipped[:SKIPPED_LISTED]}}
+    if skipped:
+        log.warning("%d of %d images skipped: %s", len(skipped), len(sources), reasons)
+    return _build_index(samples, e, out, config, encoder, modality="image",
+                        write_channels=write_channels, fit_rankers=fit_rankers, extra=extra,
+                        progress=progress, timer=timer, t_start=t_start, corpus_name=corpus_name)
+
+
+def _build_index(samples: Sequence[Sample], e: np.ndarray, out: str | Path, config: BuildConfig,
+                 encoder: Any, *, modality: str, write_channels: Callable[[Path], None],
+                 fit_rankers: Callable[[Engine], dict[str, Ranker]], extra: dict[str, Any],
+                 progress: Progress, timer: Timer, t_start: float, corpus_name: str
+                 ) -> dict[str, Any]:
+    """Stage A/B for every modality: embeddings e (N, d) -> labels, probe, projected
+    gradients, FAISS, the modality's evidence channels, curvature, rankers, manifest."""
+    n = len(samples)
+    device = encoder.device
     with atomic_directory(out) as tmp:
-        with timer.stage("encode"):
-            e = _encode_all(encoder, texts, config.chunk_size, progress)
         with timer.stage("labels"):
             progress("labels", 0, 1)
             centroids = fit_centroids(e, config.labels)
@@ -518,16 +788,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
             faiss.write_index(index, str(tmp / "fingerprints.faiss"))
             del fp, index
             progress("faiss", 1, 1)
-        with timer.stage("lexical"):
-            progress("lexical", 0, 1)
-            (tmp / "lexical").mkdir()
-            LexicalIndex.build(texts).save(tmp / "lexical")
-            progress("lexical", 1, 1)
-        with timer.stage("verbatim"):
-            progress("verbatim", 0, 1)
-            (tmp / "verbatim").mkdir()
-            VerbatimIndex.build(texts).save(tmp / "verbatim")
-            progress("verbatim", 1, 1)
+        write_channels(tmp)
         with timer.stage("store"):
             write_samples(tmp, samples)
             np.save(tmp / "embeddings.npy", e.astype(np.float16))
@@ -552,7 +813,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "index_version": 1,
-            "modality": "text",
+            "modality": modality,
             "corpus": corpus_name,
             "created_unix": time.time(),
             "config": config.to_dict(),
@@ -570,14 +831,18 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
             "influence": {"lambda_max": lam_max,
                           "scale": 1.1 * (lam_max + config.influence.damping)},
             "build_ms": {},
+            **extra,
         }
         write_json_atomic(tmp / "manifest.partial.json", manifest)
 
         with timer.stage("ranker"):
             engine = Engine(tmp, encoder=encoder, _building=True)
-            ranker = fit_build_ranker(engine, samples, config.ranker_queries, progress)
-            write_json_atomic(tmp / "ranker.json", ranker.to_dict())
-        manifest["ranker"] = ranker.report
+            rankers = fit_rankers(engine)
+            for name, ranker in rankers.items():
+                write_json_atomic(tmp / name, ranker.to_dict())
+        manifest["ranker"] = rankers["ranker.json"].report
+        if "ranker_text.json" in rankers:
+            manifest["ranker_text"] = rankers["ranker_text.json"].report
         manifest["build_ms"] = {k: round(v, 1) for k, v in timer.ms.items()}
         manifest["build_ms"]["total"] = round((time.perf_counter() - t_start) * 1000, 1)
         manifest["bytes_on_disk"] = dir_bytes(tmp)
@@ -594,6 +859,9 @@ def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
     write ``ranker.json`` and the manifest atomically; the index version is incremented.
     """
     engine = Engine(directory)
+    if engine.modality != "text":
+        raise ConfigError(f"index {str(directory)!r} holds {engine.modality}s; refitting its "
+                          f"rankers needs the original images. Rebuild it with `gif build`.")
     n_queries = engine.config.ranker_queries if n_queries is None else n_queries
     samples = [Sample(r["id"], r["text"], r["sha256"])
                for r in engine.samples.records()]
@@ -627,19 +895,90 @@ def fit_build_ranker(engine: Engine, samples: Sequence[Sample], n_queries: int,
         if text.strip():
             planted.append((i, int(row), text))
     # one batched encoder pass for all planted queries (the encoder dominates the cost)
-    e, lab, c = engine.fingerprint([t for _, _, t in planted])
+    fps = engine.fingerprint([t for _, _, t in planted])
+    return _fit_on_planted(engine, planted, fps, progress)
+
+
+def _fit_on_planted(engine: Engine, planted: Sequence[tuple[int, Any, Any]],
+                    fps: tuple[np.ndarray, np.ndarray, np.ndarray], progress: Progress,
+                    stage: str = "ranker") -> Ranker:
+    """Fit a ranker on planted queries ``(i, source rows, query)`` with their fingerprints.
+
+    ``source rows`` is one row or an array of rows that all count as the source. Every third
+    query has its sources masked: a stand-in for outputs with no source in the index."""
+    e, lab, c = fps
     groups, nulls = [], []
     k_cand = engine.config.index.candidates
-    for j, (i, row, text) in enumerate(planted):
+    for j, (i, src, query) in enumerate(planted):
         timer = Timer()
         fp = (e[j:j + 1], lab[j:j + 1], c[j:j + 1])
-        # every third query has its source masked: a stand-in for outputs with no source
+        src_rows = np.atleast_1d(np.asarray(src, dtype=np.int64))
         if i % 3 == 2:
-            cand = engine.candidates(text, timer, k_cand, exclude={row}, fingerprint=fp)
+            cand = engine.candidates(query, timer, k_cand, exclude=set(src_rows.tolist()),
+                                     fingerprint=fp)
             if len(cand.rows):
                 nulls.append(cand.features)
         else:
-            cand = engine.candidates(text, timer, k_cand, fingerprint=fp)
-            groups.append((cand.features, cand.rows == row))
-        progress("ranker", j + 1, len(planted))
+            cand = engine.candidates(query, timer, k_cand, fingerprint=fp)
+            groups.append((cand.features, np.isin(cand.rows, src_rows)))
+        progress(stage, j + 1, len(planted))
     return fit_ranker(groups, nulls)
+
+
+def fit_image_ranker(engine: Engine, sources: Sequence[Any], n_queries: int,
+                     progress: Progress) -> Ranker:
+    """Fit an image index's ranker on perturbed copies (crop, resize, JPEG, rotation, noise)
+    of its own images; ``sources[row]`` is the :class:`~gif_core.image_data.ImageSource` of
+    each row, read and decoded again for the queries picked."""
+    from .image_queries import IMAGE_KINDS, perturb_image
+    from .images import ImageError, decode_image
+
+    if n_queries == 0 or len(sources) < 50:
+        return Ranker.default()
+    # an image stored twice (same bytes under two ids) is a source under either id
+    same_bytes: dict[str, list[int]] = {}
+    for r, rec in enumerate(engine.samples.records()):
+        same_bytes.setdefault(rec["sha256"], []).append(r)
+    sha_of = [rec["sha256"] for rec in engine.samples.records()]
+    rng = np.random.default_rng(12345)
+    rows = rng.choice(len(sources), size=min(n_queries, len(sources)), replace=False)
+    planted: list[tuple[int, np.ndarray, ImageQuery]] = []
+    for i, row in enumerate(rows):
+        try:
+            image = decode_image(sources[row].read(), where=sources[row].id).image
+        except ImageError:
+            continue  # the file changed since it was indexed
+        kind = IMAGE_KINDS[i % len(IMAGE_KINDS)]
+        query = ImageQuery.from_source(perturb_image(image, kind, seed=int(row) * 31 + i))
+        planted.append((i, np.asarray(same_bytes[sha_of[int(row)]]), query))
+        progress("ranker", i + 1, 2 * len(rows))
+    fps = engine.fingerprint_images([q.image for _, _, q in planted])
+    return _fit_on_planted(engine, planted, fps, progress)
+
+
+def fit_caption_ranker(engine: Engine, samples: Sequence[Sample], n_queries: int,
+                       progress: Progress) -> Ranker:
+    """Fit an image index's text → image ranker on perturbed captions of its own images; all
+    images that share the caption count as its source."""
+    from .queries import perturb
+
+    rows_with = [r for r, s in enumerate(samples) if s.text.strip()]
+    if n_queries == 0 or len(rows_with) < 50:
+        return Ranker.default()
+    by_caption: dict[str, list[int]] = {}
+    for r in rows_with:
+        by_caption.setdefault(samples[r].text, []).append(r)
+    rng = np.random.default_rng(12345)
+    picked = rng.choice(rows_with, size=min(n_queries, len(rows_with)), replace=False)
+    planted: list[tuple[int, np.ndarray, str]] = []
+    for i, row in enumerate(picked):
+        caption = samples[int(row)].text
+        kind = TEXT_TO_IMAGE_KINDS[i % len(TEXT_TO_IMAGE_KINDS)]
+        try:
+            text = perturb(caption, kind, seed=int(row) * 31 + i)
+        except InputError:
+            continue
+        if text.strip():
+            planted.append((i, np.asarray(by_caption[caption]), text))
+    fps = engine.fingerprint([t for _, _, t in planted])
+    return _fit_on_planted(engine, planted, fps, progress, stage="ranker_text")

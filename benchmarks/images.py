@@ -1,0 +1,199 @@
+"""Image provenance on the Debian image sets: perturbed copies, text → image, latency, throughput.
+
+    python benchmarks/images.py --out runs/images [--others 5000] [--fashion 1000] [--n 200]
+
+Builds one image index (default encoder: the shipped image tower) of every captioned Tux Paint
+stamp, ``--others`` openclipart-png images (a seeded sample) and the first ``--fashion``
+Fashion-MNIST photos, then measures
+
+* P@1 and MRR of perturbed-copy queries (an image whose exact bytes are indexed under several
+  ids, as some openclipart files are, counts as found under any of them) (crop, resize, JPEG, rotation, noise; ``--n`` source
+  images each, seeded, written as PNG files and read back like a user's upload), for the fused
+  ranking and for two single channels: the fingerprint ANN alone and the perceptual hashes alone;
+* text → image recall@10 for the captions of the held-out pairs the tower never trained on
+  (:func:`gif_core.image_data.is_held_out`) that are in the index: fused (the captions are
+  indexed, so BM25 sees them) and through the shared embedding space alone (ANN, no caption);
+* latency p50/p95 of image queries by stage (decode, encode, ANN, pHash, fusion, influence),
+  full pipeline with influence, over ``--latency`` queries;
+* build throughput in images/s, with the build's stage times and the images skipped.
+
+Writes ``OUT/images.json`` and prints a summary. The index is built in ``OUT/index``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gif_core.config import BuildConfig
+from gif_core.engine import Engine, ImageQuery, build_images, make_fingerprints
+from gif_core.image_data import (
+    ImageCorpus,
+    fashion_mnist_corpus,
+    is_held_out,
+    openclipart_corpus,
+    stamps_corpus,
+)
+from gif_core.image_queries import IMAGE_KINDS, generate_image_queries
+from gif_core.images import decode_image
+from gif_core.metrics import percentiles
+
+
+def corpus(others: int, fashion: int, seed: int) -> ImageCorpus:
+    stamps = stamps_corpus()
+    clip = openclipart_corpus()
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(clip.sources), size=min(others, len(clip.sources)),
+                                replace=False))
+    sources = stamps.sources + [clip.sources[int(i)] for i in picked]
+    if fashion:
+        sources += fashion_mnist_corpus(fashion).sources
+    return ImageCorpus(sources, stamps.problems)
+
+
+def rank_of(ids: list[str], relevant: set[str]) -> int | None:
+    for i, sid in enumerate(ids, 1):
+        if sid in relevant:
+            return i
+    return None
+
+
+def summarise(ranks: list[int | None]) -> dict[str, float]:
+    return {"n": len(ranks), "p@1": float(np.mean([r == 1 for r in ranks])),
+            "mrr": float(np.mean([1 / r if r else 0.0 for r in ranks])),
+            "recall@10": float(np.mean([bool(r) and r <= 10 for r in ranks]))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/images")
+    ap.add_argument("--others", type=int, default=5000, help="openclipart images added")
+    ap.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST photos added")
+    ap.add_argument("--n", type=int, default=200, help="source images per perturbation kind")
+    ap.add_argument("--latency", type=int, default=100, help="queries timed with influence")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true", help="reuse OUT/index if it exists")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_dir = out / "index"
+
+    report: dict = {"command": " ".join(["python benchmarks/images.py", f"--out {args.out}",
+                                         f"--others {args.others}", f"--fashion {args.fashion}",
+                                         f"--n {args.n}", f"--latency {args.latency}",
+                                         f"--seed {args.seed}"])}
+    data = corpus(args.others, args.fashion, args.seed)
+    if not (args.reuse and (index_dir / "manifest.json").exists()):
+        t0 = time.perf_counter()
+        manifest = build_images(data, index_dir, BuildConfig(), corpus_name="debian image sets")
+        wall = time.perf_counter() - t0
+    else:
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+        wall = manifest["build_ms"]["total"] / 1000
+    im = manifest["images"]
+    report["build"] = {"images_listed": im["listed"], "images_indexed": im["indexed"],
+                       "captioned": im["captioned"], "skipped": im["skipped"],
+                       "skipped_reasons": im["skipped_reasons"], "seconds": round(wall, 1),
+                       "images_per_s": round(im["indexed"] / wall, 1),
+                       "stage_s": {k: round(v / 1000, 1) for k, v in manifest["build_ms"].items()},
+                       "bytes_per_image": round(manifest["bytes_on_disk"] / im["indexed"])}
+    print(f"build: {im['indexed']:,} images ({im['skipped']} skipped: {im['skipped_reasons']}) "
+          f"in {wall:.0f}s = {im['indexed'] / wall:.1f} images/s")
+
+    engine = Engine.load(index_dir)
+    ids = engine.samples.ids
+    by_id = {s.id: s for s in data.sources}
+
+    # perturbed copies: seeded sources among the indexed images
+    rng = np.random.default_rng(args.seed + 1)
+    picked = [ids[int(i)] for i in rng.choice(len(ids), size=min(args.n, len(ids)),
+                                              replace=False)]
+    images = [(sid, decode_image(by_id[sid].read()).image) for sid in picked]
+    queries = generate_image_queries(images, IMAGE_KINDS, out / "queries", seed=args.seed)
+    # the same bytes under several ids (openclipart files in two folders) all count as the source
+    sha_of = {r["id"]: r["sha256"] for r in engine.samples.records()}
+    ids_of_sha: dict[str, set[str]] = {}
+    for sid, sha in sha_of.items():
+        ids_of_sha.setdefault(sha, set()).add(sid)
+    fused: dict[str, list] = {k: [] for k in IMAGE_KINDS}
+    ann_only: dict[str, list] = {k: [] for k in IMAGE_KINDS}
+    phash_only: dict[str, list] = {k: [] for k in IMAGE_KINDS}
+    k_cand = engine.config.index.candidates
+    fp = engine.config.fingerprint
+    for q in queries:
+        att = engine.attribute_image(q.image, k=10, influence=False)
+        relevant = ids_of_sha[sha_of[q.source_ids[0]]]
+        fused[q.kind].append(rank_of([r.id for r in att.results], relevant))
+        iq = ImageQuery.from_source(q.image)
+        e, _, c = engine.fingerprint_images([iq.image])
+        _, ann = engine.faiss.search(make_fingerprints(e, c, fp.alpha, fp.embedding), 10)
+        ann_only[q.kind].append(rank_of([ids[i] for i in ann[0] if i >= 0], relevant))
+        _, near = engine.perceptual.search(iq.phash, iq.dhash, k_cand)
+        phash_only[q.kind].append(rank_of([ids[i] for i in near[:10]], relevant))
+    report["perturbed_copies"] = {
+        "fused": {k: summarise(v) for k, v in fused.items()},
+        "ann_only": {k: summarise(v) for k, v in ann_only.items()},
+        "phash_only": {k: summarise(v) for k, v in phash_only.items()}}
+    for name in ("fused", "ann_only", "phash_only"):
+        all_ranks = sum((v for v in {"fused": fused, "ann_only": ann_only,
+                                     "phash_only": phash_only}[name].values()), [])
+        report["perturbed_copies"][name]["overall"] = summarise(all_ranks)
+
+    # text -> image on held-out captions
+    held = [sid for sid in ids if is_held_out(sid) and by_id[sid].caption
+            and not sid.startswith("fashion-mnist/")]
+    same_caption: dict[str, set[str]] = {}
+    for sid in ids:
+        same_caption.setdefault(by_id[sid].caption, set()).add(sid)
+    t2i_fused, t2i_ann = [], []
+    captions = [by_id[sid].caption for sid in held]
+    e_t, _, c_t = engine.fingerprint(captions)
+    _, ann = engine.faiss.search(make_fingerprints(e_t, c_t, fp.alpha, fp.embedding), 10)
+    for j, sid in enumerate(held):
+        relevant = same_caption[by_id[sid].caption]
+        att = engine.attribute(captions[j], k=10, influence=False, spans=False)
+        t2i_fused.append(rank_of([r.id for r in att.results], relevant))
+        t2i_ann.append(rank_of([ids[i] for i in ann[j] if i >= 0], relevant))
+    stamp_rows = [j for j, sid in enumerate(held) if sid.startswith("stamps/")]
+    report["text_to_image_held_out"] = {
+        "fused": summarise(t2i_fused), "ann_only": summarise(t2i_ann),
+        "ann_only_stamps": summarise([t2i_ann[j] for j in stamp_rows]),
+        "fused_stamps": summarise([t2i_fused[j] for j in stamp_rows])}
+
+    # latency of the full image query (decode from file ... influence)
+    timings = []
+    for q in queries[: args.latency]:
+        timings.append(engine.attribute_image(q.image, k=10).timings_ms)
+    stages = sorted({s for t in timings for s in t})
+    report["latency_ms"] = {s: percentiles([t[s] for t in timings if s in t], (50, 95))
+                            for s in stages}
+    import os
+
+    report["machine"] = (f"{os.cpu_count()} CPU cores; load average at the end "
+                         f"{os.getloadavg()[0]:.1f} (other jobs share the machine)")
+    (out / "images.json").write_text(json.dumps(report, indent=2))
+
+    print("perturbed copies (fused P@1 / MRR; ANN-only P@1; pHash-only P@1):")
+    pc = report["perturbed_copies"]
+    for kind in (*IMAGE_KINDS, "overall"):
+        print(f"  {kind:>8}: {pc['fused'][kind]['p@1']:.3f} / {pc['fused'][kind]['mrr']:.3f};  "
+              f"{pc['ann_only'][kind]['p@1']:.3f};  {pc['phash_only'][kind]['p@1']:.3f}")
+    t2i = report["text_to_image_held_out"]
+    print(f"text->image recall@10 on {len(held)} held-out captions: fused "
+          f"{t2i['fused']['recall@10']:.3f}, shared space only {t2i['ann_only']['recall@10']:.3f}"
+          f" (stamps: {t2i['ann_only_stamps']['recall@10']:.3f})")
+    print("latency ms p50/p95: " + ", ".join(
+        f"{s} {v['p50']:.1f}/{v['p95']:.1f}" for s, v in report["latency_ms"].items()))
+    print(f"wrote {out / 'images.json'}; median query {statistics.median(t['total'] for t in timings):.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
