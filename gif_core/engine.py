@@ -27,18 +27,29 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import __version__, ann
 from .config import BuildConfig
 from .data import Sample
 from .encoders import TextEncoder, resolve_device
-from .errors import ConfigError, GIFError, IndexFormatError, InputError
+from .errors import GIFError, IndexFormatError, InputError
 from .fusion import Ranker, feature_matrix, fit_ranker
 from .influence import HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
-from .probe import Probe, train_probe
+from .pipeline import (
+    ChunkWorker,
+    LocalExecutor,
+    WorkFolder,
+    build_key,
+    check_disk,
+    chunk_bounds,
+    estimate_bytes,
+    sample_rows,
+)
+from .probe import Probe, TrainReport, train_probe
 from .projection import make_projector
 from .store import (
     FORMAT_VERSION,
@@ -63,10 +74,19 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as build stages advance."""
 
 MAX_QUERY_CHARS = 1_000_000
+REMOVED = "removed.npy"
+"""Sorted int64 rows taken down by ``gif remove``; no channel returns them."""
+MAX_EXTRA_SPARSE = 10_000
+"""Extra BM25 / verbatim hits fetched so that K remain after dropping removed rows."""
 HVP_SAMPLE = 50_000
 """Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
                 "exact", "rewrite")
+EMBED_DIM_GUESS = 1024
+"""Embedding dims assumed by the disk estimate when the encoder runs remotely (an upper bound
+for the supported text encoders)."""
+VOCAB_ENTRY_BYTES = 100
+"""RAM of one lexical vocabulary entry (a short str key and an int in a Python dict)."""
 SNIPPET_CHARS = 300
 SEMANTIC_HINT = 0.7
 """Embedding cosine above which an abstention names the nearest sample in meaning (display
@@ -101,28 +121,13 @@ def make_fingerprints(e: np.ndarray, c: np.ndarray, alpha: float, embedding: boo
     return np.ascontiguousarray(np.hstack([e_hat, alpha * c_hat]))
 
 
-def make_faiss_index(xb: np.ndarray, factory: str, ef_search: int = 128, nprobe: int = 32):
-    d = xb.shape[1]
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ConfigError(f"index.factory {factory!r} is not a valid FAISS factory string "
-                          f"({str(exc).splitlines()[0]}). Use 'Flat', 'HNSW32' or "
-                          f"'IVF1024,PQ32'.") from exc
-    if not index.is_trained:
-        index.train(xb)
-    index.add(xb)
-    _tune(index, ef_search, nprobe)
+def make_faiss_index(xb: np.ndarray, factory: str, ef_search: int = 128, nprobe: int = 0):
+    """A trained, filled FAISS index over ``xb`` (N, D) in RAM (small corpora and tests)."""
+    index = ann.new_index(xb.shape[1], factory)
+    ann.train(index, xb[ann.train_sample_rows(len(xb))])
+    index.add(np.ascontiguousarray(xb, dtype=np.float32))
+    ann.tune(index, ef_search, nprobe)
     return index
-
-
-def _tune(index, ef_search: int, nprobe: int) -> None:
-    params = faiss.ParameterSpace()
-    for name, value in (("efSearch", ef_search), ("nprobe", nprobe)):
-        try:
-            params.set_index_parameter(index, name, value)
-        except RuntimeError:
-            pass  # the parameter does not apply to this index type
 
 
 @dataclass
@@ -257,8 +262,14 @@ class Engine:
         self.probe.load_state_dict(load_file(str(d / "probe.safetensors")))
         self.probe.eval()
         self.projector = make_projector(self.probe, self.config.projection)
-        self.faiss = faiss.read_index(str(d / "fingerprints.faiss"))
-        _tune(self.faiss, self.config.index.ef_search, self.config.index.nprobe)
+        ic = self.config.index
+        self.faiss = ann.read_index(str(d / "fingerprints.faiss"), mmap=ic.mmap)
+        removed_path = d / REMOVED
+        self.removed = (load_array(d, REMOVED, mmap_mode=None).astype(np.int64)
+                        if removed_path.exists() else np.zeros(0, dtype=np.int64))
+        self.ann = ann.FingerprintSearcher(self.faiss, self.fingerprint_rows,
+                                           ann.SearchParams(ic.ef_search, ic.nprobe),
+                                           rerank=ic.rerank, removed=self.removed)
         self.lexical = LexicalIndex.load(d / "lexical")
         self.verbatim = VerbatimIndex.load(d / "verbatim")
         ranker_path = d / "ranker.json"
@@ -300,6 +311,14 @@ class Engine:
                                        torch.from_numpy(labels)).numpy()
         return e, labels, c
 
+    def fingerprint_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored fingerprints ``h`` of ``rows`` (sorted for a front-to-back read), float32;
+        only these rows are read from the memory-mapped stores."""
+        fp = self.config.fingerprint
+        e = self.embeddings[rows]
+        c = self.grad_proj[rows] if (fp.alpha or not fp.embedding) else e[:, :1]
+        return make_fingerprints(e, c, fp.alpha, fp.embedding)
+
     # -- candidates and evidence ----------------------------------------------------------
 
     def candidates(self, text: str, timer: Timer, k_cand: int,
@@ -313,18 +332,25 @@ class Engine:
             e_y, lab_y, c_y = fingerprint or self.fingerprint([text])
         fp = self.config.fingerprint
         h_y = make_fingerprints(e_y, c_y, fp.alpha, fp.embedding)
+        # removed samples (takedowns) are excluded inside the ANN search; the sparse channels
+        # ask for as many extra rows as could be dropped, up to a bound
+        extra = min(len(self.removed), MAX_EXTRA_SPARSE)
         with timer.stage("ann"):
-            _, ann = self.faiss.search(h_y, k_cand + (len(exclude) if exclude else 0))
-        ann = ann[0][ann[0] >= 0]
+            _, found = self.ann.search(h_y, k_cand + (len(exclude) if exclude else 0))
+        ann_rows = found[0][found[0] >= 0]
         with timer.stage("lexical"):
-            _, lex = self.lexical.search(text, k_cand)
+            _, lex = self.lexical.search(text, k_cand + extra)
         with timer.stage("verbatim"):
-            _, verb = self.verbatim.search(text, k_cand)
+            _, verb = self.verbatim.search(text, k_cand + extra)
         with timer.stage("fuse"):
+            if len(self.removed):
+                lex = lex[~np.isin(lex, self.removed)][:k_cand]
+                verb = verb[~np.isin(verb, self.removed)][:k_cand]
             if exclude:
-                ann = ann[~np.isin(ann, list(exclude))][:k_cand]
+                ann_rows = ann_rows[~np.isin(ann_rows, list(exclude))][:k_cand]
                 lex = lex[~np.isin(lex, list(exclude))]
                 verb = verb[~np.isin(verb, list(exclude))]
+            ann = ann_rows
             rows = np.unique(np.concatenate([ann, lex, verb]).astype(np.int64))
             rank_of = []
             for found in (ann, lex, verb):
@@ -354,8 +380,10 @@ class Engine:
         if self._influence is None:
             n = len(self)
             rows = np.arange(n)
-            if n > HVP_SAMPLE:
-                rows = np.sort(np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
+            if len(self.removed):
+                rows = np.setdiff1d(rows, self.removed)
+            if len(rows) > HVP_SAMPLE:
+                rows = np.sort(np.random.default_rng(0).choice(rows, HVP_SAMPLE, replace=False))
             e = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
             y = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
             scale = self.config.influence.scale or self.manifest["influence"]["scale"]
@@ -439,25 +467,28 @@ class Engine:
 # -- build ---------------------------------------------------------------------------------
 
 
-def _encode_all(encoder: TextEncoder, texts: Sequence[str], chunk: int, progress: Progress
-                ) -> np.ndarray:
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    done = 0
-
-    def tick(n):
-        nonlocal done
-        done += n
-        progress("encode", done, len(texts))
-
-    for start in range(0, len(texts), chunk):
-        out[start:start + chunk] = encoder.encode(texts[start:start + chunk], progress=tick)
-    return out
+def _fill(executor_results, store_chunk, work: WorkFolder, stage: str, progress: Progress,
+          n_chunks: int, done_before: int) -> None:
+    """Write each finished chunk through ``store_chunk`` and mark it done (flush first, so a
+    chunk marked done is on disk)."""
+    done = done_before
+    for item in executor_results:
+        store_chunk(*item)
+        work.mark_done(stage, item[0])
+        done += 1
+        progress(stage, done, n_chunks)
 
 
 def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None = None, *,
           progress: Progress | None = None, encoder: TextEncoder | None = None,
-          corpus_name: str = "") -> dict[str, Any]:
-    """Build an index directory from samples; atomic (a failure leaves ``out`` untouched).
+          corpus_name: str = "", executor=None) -> dict[str, Any]:
+    """Build an index directory from samples, streaming and resumable (see
+    :mod:`gif_core.pipeline`); atomic (a failure leaves ``out`` untouched).
+
+    Args:
+        executor: runs the per-chunk encode and fingerprint work; a
+            :class:`~gif_core.pipeline.LocalExecutor` by default, or the Ray executor of
+            :func:`gif_core.distributed.ray_executor`.
 
     Returns:
         The manifest written to ``out/manifest.json``.
@@ -475,69 +506,163 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
     timer = Timer()
     t_start = time.perf_counter()
     texts = [s.text for s in samples]
-    with timer.stage("load_encoder"):
-        encoder = encoder or TextEncoder(config.encoder)
-    device = encoder.device
     n_clusters = config.labels.resolve(n)
     if n < n_clusters:
         raise InputError(f"the corpus has {n} samples, fewer than the {n_clusters} clusters asked "
                          f"for. Pass --clusters {max(2, n // 4)} or fewer, or add samples.")
+    with timer.stage("load_encoder"):
+        if executor is None:
+            executor = LocalExecutor(ChunkWorker(config.encoder, encoder))
+        encoder = encoder or getattr(getattr(executor, "worker", None), "encoder", None)
+        weights_sha = executor.weights_sha256()
+    out = Path(out)
+    d_emb = encoder.dim if encoder is not None else EMBED_DIM_GUESS
+    check_disk(out, estimate_bytes(n, sum(len(t) for t in texts), d_emb,
+                                   config.projection.dim), f"building {n:,} samples")
+    key = build_key(samples, config, weights_sha, __version__)
+    chunks = chunk_bounds(n, config.chunk_size)
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, resume_key=key) as tmp:
+        work = WorkFolder(tmp)
+        write_json_atomic(tmp / "build_key.json", {"key": key, "samples": n})
+
+        # pass 1: encode
         with timer.stage("encode"):
-            e = _encode_all(encoder, texts, config.chunk_size, progress)
+            todo = [i for i in range(len(chunks)) if not work.is_done("encode", i)]
+            e32 = None
+            if todo:
+                first = todo[0]
+                gen = executor.encode((i, texts[slice(*chunks[i])]) for i in todo)
+                i0, e0 = next(gen)
+                e32 = work.array("e32", (n, e0.shape[1]), np.float32)
+
+                def store_e(i, e, out=e32):
+                    out[slice(*chunks[i])] = e
+                    out.flush()
+
+                store_e(i0, e0)
+                work.mark_done("encode", first)
+                progress("encode", len(chunks) - len(todo) + 1, len(chunks))
+                _fill(gen, store_e, work, "encode", progress, len(chunks),
+                      len(chunks) - len(todo) + 1)
+            e32 = np.load(work.work / "e32.npy", mmap_mode="r")
+            d = e32.shape[1]
+
+        # driver: centroids and probe on seeded samples
         with timer.stage("labels"):
             progress("labels", 0, 1)
-            centroids = fit_centroids(e, config.labels)
-            labels = assign(e, centroids)
+            if work.is_done("centroids"):
+                centroids = np.load(work.work / "centroids.npy")
+            else:
+                centroids = fit_centroids(e32, config.labels)
+                np.save(work.work / "centroids.npy", centroids)
+                work.mark_done("centroids")
             progress("labels", 1, 1)
         with timer.stage("probe"):
             progress("probe", 0, 1)
-            probe, report = train_probe(e, labels, len(centroids), config.probe, device)
-            probe = probe.cpu()
+            probe = Probe(d, config.probe.hidden, len(centroids))
+            if work.is_done("probe"):
+                probe.load_state_dict(load_file(str(work.work / "probe.safetensors")))
+                report = TrainReport(**work.load_json("probe_report.json"))
+            else:
+                rows = sample_rows(n, config.probe.sample_size, config.probe.seed)
+                e_s = np.asarray(e32[rows], dtype=np.float32)
+                probe, report = train_probe(e_s, assign(e_s, centroids), len(centroids),
+                                            config.probe, executor_device(encoder))
+                probe = probe.cpu()
+                del e_s
+                save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
+                          str(work.work / "probe.safetensors"))
+                work.save_json("probe_report.json", asdict(report))
+                work.mark_done("probe")
+            probe.eval()
             progress("probe", 1, 1)
+
+        # pass 2: labels and gradient projections with the one trained probe
         with timer.stage("gradients"):
             projector = make_projector(probe, config.projection)
-            c = np.empty((n, projector.dim), dtype=np.float32)
-            for start in range(0, n, config.chunk_size):
-                sl = slice(start, start + config.chunk_size)
-                c[sl] = projector.project(probe, torch.from_numpy(e[sl]),
-                                          torch.from_numpy(labels[sl])).detach().numpy()
-                progress("gradients", min(n, start + config.chunk_size), n)
+            m = projector.dim
+            labels_w = work.array("labels", (n,), np.int32)
+            c32 = work.array("c32", (n, m), np.float32)
+            todo = [i for i in range(len(chunks)) if not work.is_done("fingerprint", i)]
+            if todo:
+                state = {k: v.detach().numpy() for k, v in probe.state_dict().items()}
+                executor.set_probe(state, d, len(centroids), config.probe, config.projection,
+                                   centroids)
+
+                def store_c(i, lab, c, out_l=labels_w, out_c=c32):
+                    out_l[slice(*chunks[i])] = lab
+                    out_c[slice(*chunks[i])] = c
+                    out_l.flush()
+                    out_c.flush()
+
+                _fill(executor.fingerprint((i, np.asarray(e32[slice(*chunks[i])]))
+                                           for i in todo),
+                      store_c, work, "fingerprint", progress, len(chunks),
+                      len(chunks) - len(todo))
+            del labels_w, c32
+            labels = np.load(work.work / "labels.npy", mmap_mode="r")
+            c32 = np.load(work.work / "c32.npy", mmap_mode="r")
+
         with timer.stage("faiss"):
-            progress("faiss", 0, 1)
-            factory = config.index.resolve(n)
-            fp = make_fingerprints(e, c, config.fingerprint.alpha, config.fingerprint.embedding)
-            index = make_faiss_index(fp, factory, config.index.ef_search, config.index.nprobe)
-            faiss.write_index(index, str(tmp / "fingerprints.faiss"))
-            del fp, index
-            progress("faiss", 1, 1)
+            progress("faiss", 0, n)
+            fpc = config.fingerprint
+            dim = int(make_fingerprints(e32[:1], c32[:1], fpc.alpha, fpc.embedding).shape[1])
+            factory = config.index.resolve(n, dim)
+            if not work.is_done("faiss"):
+                index = ann.new_index(dim, factory)
+                rows = ann.train_sample_rows(n)
+                ann.train(index, make_fingerprints(e32[rows], c32[rows], fpc.alpha,
+                                                   fpc.embedding))
+                ann.add_chunks(index, (make_fingerprints(e32[a:b], c32[a:b], fpc.alpha,
+                                                         fpc.embedding) for a, b in chunks),
+                               lambda done: progress("faiss", done, n))
+                faiss.write_index(index, str(tmp / "fingerprints.faiss"))
+                ann_ram = ann.ram_bytes(index)
+                work.save_json("ann.json", {"ram_bytes": ann_ram,
+                                            "compressed": ann.is_compressed(index)})
+                del index
+                work.mark_done("faiss")
+            ann_info = work.load_json("ann.json")
+            progress("faiss", n, n)
         with timer.stage("lexical"):
             progress("lexical", 0, 1)
-            (tmp / "lexical").mkdir()
-            LexicalIndex.build(texts).save(tmp / "lexical")
+            if not work.is_done("lexical"):
+                (tmp / "lexical").mkdir(exist_ok=True)
+                LexicalIndex.build(texts).save(tmp / "lexical")
+                work.mark_done("lexical")
             progress("lexical", 1, 1)
         with timer.stage("verbatim"):
             progress("verbatim", 0, 1)
-            (tmp / "verbatim").mkdir()
-            VerbatimIndex.build(texts).save(tmp / "verbatim")
+            if not work.is_done("verbatim"):
+                (tmp / "verbatim").mkdir(exist_ok=True)
+                VerbatimIndex.build(texts).save(tmp / "verbatim")
+                work.mark_done("verbatim")
             progress("verbatim", 1, 1)
         with timer.stage("store"):
             write_samples(tmp, samples)
-            np.save(tmp / "embeddings.npy", e.astype(np.float16))
-            np.save(tmp / "grad_proj.npy", c.astype(np.float16))
-            np.save(tmp / "labels.npy", labels.astype(np.int32))
+            for name, src, dtype in (("embeddings.npy", e32, np.float16),
+                                     ("grad_proj.npy", c32, np.float16),
+                                     ("labels.npy", labels, np.int32)):
+                dst = open_memmap(tmp / name, mode="w+", dtype=dtype, shape=src.shape)
+                for a, b in chunks:
+                    dst[a:b] = src[a:b]
+                dst.flush()
+                del dst
             np.save(tmp / "centroids.npy", centroids)
             save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
                       str(tmp / "probe.safetensors"))
             (tmp / "probe.safetensors").chmod(0o644)
         with timer.stage("curvature"):
-            rows = np.arange(n) if n <= HVP_SAMPLE else np.sort(
-                np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
-            op = HessianOperator(probe, torch.from_numpy(e[rows]),
-                                 torch.from_numpy(labels[rows]), config.probe.weight_decay,
-                                 config.influence.damping, config.influence.curvature)
+            rows = sample_rows(n, HVP_SAMPLE, 0)
+            op = HessianOperator(probe, torch.from_numpy(np.asarray(e32[rows], np.float32)),
+                                 torch.from_numpy(np.asarray(labels[rows], np.int64)),
+                                 config.probe.weight_decay, config.influence.damping,
+                                 config.influence.curvature)
             lam_max = op.top_eigenvalue(iters=20)
+        del e32, c32, labels
+        work.remove()
+        (tmp / "build_key.json").unlink()
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "index_version": 1,
@@ -546,19 +671,22 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
             "created_unix": time.time(),
             "config": config.to_dict(),
             "versions": library_versions(),
-            "encoder": {"name": encoder.name, "dim": encoder.dim,
-                        "weights_sha256": encoder.weights_sha256},
+            "encoder": {"name": config.encoder.name if encoder is None else encoder.name,
+                        "dim": int(d), "weights_sha256": weights_sha},
             "counts": {"samples": n, "clusters": int(len(centroids)),
-                       "probe_params": probe.num_params, "projection_dim": int(projector.dim),
-                       "fingerprint_dim": int(make_fingerprints(e[:1], c[:1],
-                                                                config.fingerprint.alpha,
-                                                                config.fingerprint.embedding
-                                                                ).shape[1])},
+                       "probe_params": probe.num_params, "projection_dim": int(m),
+                       "fingerprint_dim": dim, "removed": 0},
             "faiss_factory": factory,
+            "ann": {"compressed": bool(ann_info["compressed"]),
+                    "rerank": config.index.rerank if ann_info["compressed"] else 1,
+                    "ram_bytes": int(ann_info["ram_bytes"])},
+            "build": {"engine": executor.name, "chunks": len(chunks)},
             "probe": asdict(report),
             "influence": {"lambda_max": lam_max,
                           "scale": 1.1 * (lam_max + config.influence.damping)},
             "build_ms": {},
+            "changes": [{"version": 1, "action": "build", "unix": time.time(), "samples": n,
+                         "corpus": corpus_name}],
         }
         write_json_atomic(tmp / "manifest.partial.json", manifest)
 
@@ -571,10 +699,49 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
         manifest["build_ms"]["total"] = round((time.perf_counter() - t_start) * 1000, 1)
         manifest["bytes_on_disk"] = dir_bytes(tmp)
         (tmp / "manifest.partial.json").unlink()
+        manifest["bytes_per_sample"] = channel_bytes(tmp, manifest)
         manifest["files"] = file_sizes(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
     log.info("built %s: %d samples in %.1fs", out, n, manifest["build_ms"]["total"] / 1000)
     return manifest
+
+
+def executor_device(encoder: TextEncoder | None) -> str:
+    """Device the driver trains the probe on: the encoder's, or CPU when encoding ran remotely."""
+    return encoder.device if encoder is not None else "cpu"
+
+
+def channel_bytes(directory: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Bytes per sample of each channel, on disk and in RAM once the index is open.
+
+    RAM counts what an open :class:`Engine` keeps in anonymous memory; memory-mapped files (the
+    stores, an IVF index's lists, the lexical and verbatim postings) count as disk, since the
+    kernel pages in only what queries touch and may drop it again. The lexical channel's
+    vocabulary is a Python dict, about :data:`VOCAB_ENTRY_BYTES` per term.
+    """
+    from . import lexical, verbatim
+
+    d = Path(directory)
+    n = max(1, int(manifest["counts"]["samples"]))
+
+    def size(*names: str) -> int:
+        return sum((d / x).stat().st_size for x in names if (d / x).exists())
+
+    vocab = 0
+    vocab_path = d / "lexical" / "vocab.index.json"
+    if vocab_path.exists():
+        vocab = len(json.loads(vocab_path.read_text(encoding="utf-8")))
+    ann_ram = int(manifest.get("ann", {}).get("ram_bytes", size("fingerprints.faiss")))
+    out = {
+        "ann": {"disk": size("fingerprints.faiss"), "ram": ann_ram},
+        "stores": {"disk": size("embeddings.npy", "grad_proj.npy", "labels.npy"), "ram": 0},
+        "samples": {"disk": size("samples.jsonl", "sample_offsets.npy"), "ram": 0},
+        "lexical": {"disk": lexical.nbytes_on_disk(d / "lexical"),
+                    "ram": vocab * VOCAB_ENTRY_BYTES},
+        "verbatim": {"disk": verbatim.nbytes_on_disk(d / "verbatim"), "ram": 0},
+    }
+    return {k: {"disk": round(v["disk"] / n, 2), "ram": round(v["ram"] / n, 2)}
+            for k, v in out.items()}
 
 
 def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
