@@ -57,17 +57,18 @@ def peak_rss() -> int:
 
 
 def real_fingerprints(index_dir: Path) -> tuple[np.ndarray, dict]:
-    from gif_core.config import BuildConfig
     from gif_core.engine import make_fingerprints
 
     manifest = json.loads((index_dir / "manifest.json").read_text())
-    fp = BuildConfig.from_dict(manifest["config"]).fingerprint
+    # only the fingerprint settings are read, so an index of another GIF version serves too
+    fp = manifest["config"].get("fingerprint", {})
+    alpha, embedding = float(fp.get("alpha", 0.0)), bool(fp.get("embedding", True))
     e = np.load(index_dir / "embeddings.npy", mmap_mode="r")
     c = np.load(index_dir / "grad_proj.npy", mmap_mode="r")
-    xr = make_fingerprints(np.asarray(e, np.float32), np.asarray(c, np.float32), fp.alpha,
-                           fp.embedding)
+    xr = make_fingerprints(np.asarray(e, np.float32), np.asarray(c, np.float32), alpha,
+                           embedding)
     return xr, {"index": str(index_dir), "corpus": manifest.get("corpus"), "rows": len(xr),
-                "alpha": fp.alpha}
+                "alpha": alpha}
 
 
 class Mixture:
@@ -89,8 +90,9 @@ class Mixture:
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         comp = rng.choice(len(self.weights), size=n, p=self.weights)
-        z = rng.standard_normal((n, self.chol.shape[0]))
-        x = (self.means[comp] + z @ self.chol.T).astype(np.float32)
+        # float32 draws: half the memory and twice the speed of float64 at 10^7 rows
+        z = rng.standard_normal((n, self.chol.shape[0]), dtype=np.float32)
+        x = self.means[comp].astype(np.float32) + z @ self.chol.T.astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
 
@@ -256,11 +258,53 @@ def stage_query(args) -> dict:
             "query_peak_rss_bytes": peak_rss()}
 
 
+def stage_channels(args) -> dict:
+    """Lexical and verbatim channels of a real index: build time and peak memory from its texts,
+    bytes per sample on disk, and anonymous memory once opened (postings memory-mapped)."""
+    from gif_core.lexical import LexicalIndex
+    from gif_core.lexical import nbytes_on_disk as lexical_bytes
+    from gif_core.store import SampleStore
+    from gif_core.verbatim import VerbatimIndex
+    from gif_core.verbatim import nbytes_on_disk as verbatim_bytes
+
+    store = SampleStore(Path(args.real_index))
+    texts = [r["text"] for r in store.records()]
+    n = len(texts)
+    out = {"index": args.real_index, "samples": n,
+           "text_bytes_per_sample": sum(len(t.encode()) for t in texts) / n}
+    work = Path(args.work)
+    channels = {"lexical": (LexicalIndex, lexical_bytes), "verbatim": (VerbatimIndex,
+                                                                      verbatim_bytes)}
+    for name in [args.channel]:
+        cls, size = channels[name]
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        anon0, peak0 = rss_kinds()["RssAnon"], peak_rss()
+        t0 = time.perf_counter()
+        built = cls.build(texts)
+        seconds = time.perf_counter() - t0
+        peak_growth = peak_rss() - peak0
+        built.save(folder)
+        del built
+        base = rss_kinds()["RssAnon"]
+        opened = cls.load(folder)
+        anon = rss_kinds()["RssAnon"] - base
+        opened.search(texts[0][:500], 100)  # a query touches a few postings pages only
+        out[name] = {"build_seconds": round(seconds, 2),
+                     "build_samples_per_s": round(n / seconds, 1),
+                     "build_peak_rss_growth_bytes_per_sample": max(0, peak_growth) / n,
+                     "disk_bytes_per_sample": size(folder) / n,
+                     "open_rss_anon_bytes_per_sample": anon / n}
+        del opened, anon0
+    return out
+
+
 def run_child(stage: str, n: int, args, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--stage", stage, "--n", str(n), "--work", str(work),
            "--real-index", args.real_index, "--factory", args.factory, "--nprobe",
            str(args.nprobe), "--ef-search", str(args.ef_search), "--rerank", str(args.rerank),
-           "--queries", str(args.queries), "-k", str(args.k), "--seed", str(args.seed)]
+           "--queries", str(args.queries), "-k", str(args.k), "--seed", str(args.seed),
+           "--channel", args.channel]
     # the children import gif_core from this checkout, not from wherever it is installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
@@ -288,12 +332,16 @@ def main() -> int:
     p.add_argument("-k", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true")
-    p.add_argument("--stage", choices=["build", "query"], help=argparse.SUPPRESS)
+    p.add_argument("--channels", action="store_true",
+                   help="also measure the lexical and verbatim channels of --real-index")
+    p.add_argument("--stage", choices=["build", "query", "channels"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--channel", default="lexical", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.stage:
-        out = stage_build(args) if args.stage == "build" else stage_query(args)
+        out = {"build": stage_build, "query": stage_query,
+               "channels": stage_channels}[args.stage](args)
         print(json.dumps(out))
         return 0
 
@@ -301,6 +349,17 @@ def main() -> int:
     results = {"machine": {"cpus": os.cpu_count(),
                            "loadavg_start": list(os.getloadavg())},
                "sizes": []}
+    if args.channels:
+        work = Path(args.work) / "channels"
+        work.mkdir(parents=True, exist_ok=True)
+        # one child per channel: peak RSS only ever grows within a process
+        results["channels"] = {}
+        for channel in ("lexical", "verbatim"):
+            args.channel = channel
+            got = run_child("channels", 0, args, work)
+            results["channels"].update(got)
+        print(f"channels: {json.dumps(results['channels'])}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
     for n in sizes:
         work = Path(args.work) / f"n{n}"
         work.mkdir(parents=True, exist_ok=True)

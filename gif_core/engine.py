@@ -759,6 +759,9 @@ def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
     manifest = dict(engine.manifest)
     manifest["ranker"] = ranker.report
     manifest["index_version"] = int(manifest.get("index_version", 1)) + 1
+    manifest.setdefault("changes", []).append({"version": manifest["index_version"],
+                                               "action": "refit-ranker", "unix": time.time(),
+                                               "queries": n_queries})
     manifest["files"] = file_sizes(d)
     write_json_atomic(d / MANIFEST, manifest)
     return manifest

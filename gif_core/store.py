@@ -1,6 +1,7 @@
 """On-disk stores of an index directory: sample records, arrays, manifest, atomic writes.
 
-Layout of an index directory (every file written into a temporary sibling, renamed in at the end)::
+Layout of an index directory (every file written into a temporary sibling, renamed in at the end;
+a build in progress also keeps ``work/`` and ``done/`` there, see :mod:`gif_core.pipeline`)::
 
     manifest.json        format version, config, library versions, hashes, counts, timings
     samples.jsonl        one record per sample: id, sha256, text, meta (row order = FAISS ids)
@@ -10,7 +11,8 @@ Layout of an index directory (every file written into a temporary sibling, renam
     labels.npy           (N,) int32       pseudo-labels ℓ
     centroids.npy        (C, d) float32
     probe.safetensors    probe weights θ̂
-    fingerprints.faiss   FAISS index over h = [ê ; α·ĉ]
+    fingerprints.faiss   FAISS index over h = [ê ; α·ĉ] (IVF ones are read memory-mapped)
+    removed.npy          (R,) int64 rows taken down by ``gif remove`` (absent when none)
     lexical/, verbatim/  evidence channels
     ranker.json          fusion ranker and abstention calibration
 
