@@ -507,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gif {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gif {args.command}: interrupted; nothing was changed.", file=sys.stderr)
+        resume = (" The finished chunks are kept; run the same command again to resume."
+                  if args.command == "build" else "")
+        print(f"gif {args.command}: interrupted; nothing was changed.{resume}", file=sys.stderr)
         return 130
 
 

@@ -57,6 +57,7 @@ from .store import (
     SampleStore,
     Timer,
     atomic_directory,
+    building_folder,
     check_files,
     dir_bytes,
     file_sizes,
@@ -521,6 +522,11 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
                                    config.projection.dim), f"building {n:,} samples")
     key = build_key(samples, config, weights_sha, __version__)
     chunks = chunk_bounds(n, config.chunk_size)
+    mine = building_folder(out.resolve(), key)
+    stale = [p for p in mine.parent.glob(f".{out.name}.building-*") if p != mine]
+    if stale:
+        log.warning("unfinished builds of other corpora or settings are left next to %s: %s; "
+                    "delete them if they will not be resumed", out, ", ".join(map(str, stale)))
 
     with atomic_directory(out, resume_key=key) as tmp:
         work = WorkFolder(tmp)
