@@ -360,6 +360,8 @@ def main() -> int:
             results["channels"].update(got)
         print(f"channels: {json.dumps(results['channels'])}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
     for n in sizes:
         work = Path(args.work) / f"n{n}"
         work.mkdir(parents=True, exist_ok=True)
