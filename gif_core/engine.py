@@ -380,11 +380,11 @@ class Engine:
     def influence_scorer(self) -> InfluenceScorer:
         if self._influence is None:
             n = len(self)
+            # removed samples stay in: the probe θ̂ was trained with them, and the curvature is
+            # that of the probe's training objective
             rows = np.arange(n)
-            if len(self.removed):
-                rows = np.setdiff1d(rows, self.removed)
-            if len(rows) > HVP_SAMPLE:
-                rows = np.sort(np.random.default_rng(0).choice(rows, HVP_SAMPLE, replace=False))
+            if n > HVP_SAMPLE:
+                rows = np.sort(np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
             e = torch.from_numpy(np.asarray(self.embeddings[rows], dtype=np.float32))
             y = torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
             scale = self.config.influence.scale or self.manifest["influence"]["scale"]

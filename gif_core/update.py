@@ -15,10 +15,11 @@ Add
 
 Remove (takedown)
     The rows go into ``removed.npy``, which every channel honours (the ANN search excludes them
-    inside FAISS, the lexical and verbatim hits are filtered, influence's Hessian sample skips
-    them), and their text is deleted from ``samples.jsonl`` (id and content hash stay, so the
-    change log and old evidence can name them). Derived data (fingerprints, postings) stay on
-    disk until the next full build but are never returned.
+    inside FAISS, the lexical and verbatim hits are filtered), and their text is deleted from
+    ``samples.jsonl`` (id and content hash stay, so the change log and old evidence can name
+    them). Derived data (fingerprints, postings) stay on disk until the next full build but are
+    never returned. The probe is not retrained, so influence is still that of the probe trained
+    with the removed samples (its Hessian sample keeps them); rebuild to drop them from it.
 """
 
 from __future__ import annotations
