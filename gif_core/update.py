@@ -35,11 +35,13 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from numpy.lib.format import open_memmap
 
 from .data import Sample
 from .encoders import TextEncoder
 from .engine import (
+    HVP_SAMPLE,
     REMOVED,
     Engine,
     Progress,
@@ -48,8 +50,9 @@ from .engine import (
     make_fingerprints,
 )
 from .errors import InputError
+from .influence import HessianOperator
 from .lexical import LexicalIndex
-from .pipeline import ChunkWorker, check_disk, chunk_bounds, estimate_bytes
+from .pipeline import ChunkWorker, check_disk, chunk_bounds, estimate_bytes, sample_rows
 from .store import (
     MANIFEST,
     SampleStore,
@@ -187,7 +190,19 @@ def add_samples(directory: str | Path, samples: Sequence[Sample], *,
         VerbatimIndex.build(texts).save(tmp / "verbatim")
         progress("verbatim", 1, 1)
 
+        # the new rows change the curvature, and with it the scale LiSSA needs to converge
+        e_all = np.load(tmp / "embeddings.npy", mmap_mode="r")
+        y_all = np.load(tmp / "labels.npy", mmap_mode="r")
+        rows = sample_rows(n, HVP_SAMPLE, 0)
+        op = HessianOperator(engine.probe, torch.from_numpy(np.asarray(e_all[rows], np.float32)),
+                             torch.from_numpy(np.asarray(y_all[rows], np.int64)),
+                             cfg.probe.weight_decay, cfg.influence.damping,
+                             cfg.influence.curvature)
+        lam_max = op.top_eigenvalue(iters=20)
+        del e_all, y_all
         manifest = dict(engine.manifest)
+        manifest["influence"] = {"lambda_max": lam_max,
+                                 "scale": 1.1 * (lam_max + cfg.influence.damping)}
         manifest["counts"] = {**manifest["counts"], "samples": n}
         listed = ids[:CHANGE_IDS_LISTED]
         manifest = _finish(tmp, manifest, {
