@@ -535,10 +535,9 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
         # pass 1: encode
         with timer.stage("encode"):
             todo = [i for i in range(len(chunks)) if not work.is_done("encode", i)]
-            e32 = None
             if todo:
-                first = todo[0]
                 gen = executor.encode((i, texts[slice(*chunks[i])]) for i in todo)
+                # the first finished chunk (any chunk, on Ray) tells the embedding width
                 i0, e0 = next(gen)
                 e32 = work.array("e32", (n, e0.shape[1]), np.float32)
 
@@ -547,7 +546,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
                     out.flush()
 
                 store_e(i0, e0)
-                work.mark_done("encode", first)
+                work.mark_done("encode", i0)
                 progress("encode", len(chunks) - len(todo) + 1, len(chunks))
                 _fill(gen, store_e, work, "encode", progress, len(chunks),
                       len(chunks) - len(todo) + 1)
