@@ -3,6 +3,9 @@
     gif build CORPUS --out INDEX        CORPUS: .jsonl/.csv/.parquet, a .txt folder, pkg:wiki ...
     gif build IMAGES --out INDEX        an image folder, a table with an image column, .tar
                                         shards, pkg:stamps ... (--modality overrides)
+    gif build CORPUS --out INDEX --engine ray [--address HOST:PORT] [--workers W]
+    gif add INDEX CORPUS                append samples (every channel; index version + 1)
+    gif remove INDEX --ids ID,ID ...    take samples down: never returned again
     gif query INDEX --text "..." [-k 10] [--json]
     gif query INDEX --image PATH [-k 10] [--json]
     gif query INDEX --queries Q.jsonl --json     one JSON object per input line ("text" or
@@ -75,19 +78,34 @@ def cmd_build(args: argparse.Namespace) -> int:
         index=IndexConfig(factory=args.factory),
         influence=InfluenceConfig(solver=args.influence_solver),
         ranker_queries=args.ranker_queries,
+        chunk_size=args.chunk_size,
     )
+    if args.engine == "local" and (args.address or args.workers):
+        raise InputError("--address and --workers apply to --engine ray only.")
     if modality == "image":
         from .engine import build_images
         from .image_data import read_image_corpus
 
+        if args.engine != "local":
+            raise InputError("--engine ray builds text corpora; build image sets with the "
+                             "local engine.")
         corpus = read_image_corpus(args.corpus, limit=args.limit)
         manifest = build_images(corpus, args.out, config, progress=_progress_bars(args.quiet),
                                 corpus_name=str(args.corpus))
     else:
         samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
                               limit=args.limit)
-        manifest = build(samples, args.out, config, progress=_progress_bars(args.quiet),
-                         corpus_name=str(args.corpus))
+        executor = None
+        if args.engine == "ray":
+            from .distributed import ray_executor
+
+            executor = ray_executor(config.encoder, args.address, args.workers)
+        try:
+            manifest = build(samples, args.out, config, progress=_progress_bars(args.quiet),
+                             corpus_name=str(args.corpus), executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
     ms = manifest["build_ms"]
     n = manifest["counts"]["samples"]
     if modality == "image":
@@ -99,6 +117,39 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"built {args.out}: {n:,} samples, {manifest['bytes_on_disk'] / n:,.0f} bytes/sample, "
           f"{ms['total'] / 1000:.1f}s ({n / (ms['total'] / 1000):.1f} samples/s)")
     print("  " + ", ".join(f"{k} {v / 1000:.1f}s" for k, v in ms.items() if k != "total"))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .data import read_corpus
+    from .update import add_samples
+
+    samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
+                          limit=args.limit)
+    manifest = add_samples(args.index, samples, progress=_progress_bars(args.quiet),
+                           corpus_name=str(args.corpus))
+    print(f"added {len(samples):,} samples to {args.index}: {manifest['counts']['samples']:,} in "
+          f"all, index version {manifest['index_version']}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .update import remove_samples
+
+    if (args.ids is None) == (args.ids_file is None):
+        raise InputError("give exactly one of --ids ID[,ID...] or --ids-file FILE (one id a "
+                         "line).")
+    if args.ids_file is not None:
+        path = Path(args.ids_file)
+        if not path.is_file():
+            raise InputError(f"--ids-file {str(path)!r} does not exist or is not a file.")
+        ids = path.read_text(encoding="utf-8").splitlines()
+    else:
+        ids = args.ids.split(",")
+    manifest = remove_samples(args.index, ids)
+    change = manifest["changes"][-1]
+    print(f"removed {change['samples']:,} samples from {args.index}; index version "
+          f"{manifest['index_version']} ({manifest['counts']['removed']:,} removed in all)")
     return 0
 
 
@@ -280,6 +331,10 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"FAISS {manifest['faiss_factory']}")
     print(f"  {manifest['bytes_on_disk'] / c['samples']:,.0f} bytes/sample on disk; built in "
           f"{manifest['build_ms']['total'] / 1000:.1f}s with GIF {manifest['versions']['gif']}")
+    print(f"  index version {manifest.get('index_version', 1)}, {c.get('removed', 0):,} samples "
+          f"removed")
+    for channel, b in manifest.get("bytes_per_sample", {}).items():
+        print(f"  {channel:>9}: {b['disk']:,.1f} bytes/sample on disk, {b['ram']:,.1f} in RAM")
     return 0
 
 
@@ -398,7 +453,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--proj-dim", type=int, default=128)
     b.add_argument("--alpha", type=float, default=0.0,
                    help="weight of the gradient part in the ANN fingerprint")
-    b.add_argument("--factory", default="auto", help="FAISS factory string, or auto")
+    b.add_argument("--factory", "--index-factory", dest="factory", default="auto",
+                   help="FAISS factory string, or auto (Flat / HNSW32 / IVF-PQ by corpus size "
+                        "and free memory)")
+    b.add_argument("--chunk-size", type=int, default=2048,
+                   help="samples encoded and fingerprinted at a time (the resume unit)")
+    b.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="run the per-chunk work in this process or on Ray workers")
+    b.add_argument("--address", default=None,
+                   help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto); default: a "
+                        "local Ray on 127.0.0.1")
+    b.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per CPU)")
     b.add_argument("--ranker-queries", type=int, default=900)
     b.add_argument("--influence-solver", default="ekfac",
                    choices=["ekfac", "lissa", "cg", "explicit"],
@@ -406,6 +471,21 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="append samples to an index (index version + 1)")
+    a.add_argument("index")
+    a.add_argument("corpus", help="same forms as for build")
+    a.add_argument("--text-field", default="text")
+    a.add_argument("--id-field", default="id")
+    a.add_argument("--limit", type=int, default=None)
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser("remove", help="take samples down: no channel returns them again")
+    rm.add_argument("index")
+    rm.add_argument("--ids", help="comma-separated sample ids")
+    rm.add_argument("--ids-file", help="file with one sample id a line")
+    rm.set_defaults(func=cmd_remove)
 
     q = sub.add_parser("query", help="trace a text to its likely sources")
     q.add_argument("index")
@@ -517,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gif {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gif {args.command}: interrupted; nothing was changed.", file=sys.stderr)
+        resume = (" The finished chunks are kept; run the same command again to resume."
+                  if args.command == "build" else "")
+        print(f"gif {args.command}: interrupted; nothing was changed.{resume}", file=sys.stderr)
         return 130
 
 

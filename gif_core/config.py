@@ -86,8 +86,13 @@ class ProbeConfig:
     lbfgs_steps: int = 500
     """Full-batch L-BFGS steps after Adam so the gradients are taken at a converged point."""
     seed: int = 0
+    sample_size: int = 200_000
+    """The probe trains on at most this many samples (a seeded subsample, the same rows the
+    build reads back from disk); every sample's gradient is then taken at the trained θ̂."""
 
     def __post_init__(self) -> None:
+        _check(self.sample_size >= 2, "probe.sample_size", ">= 2", self.sample_size,
+               "Use 200000.")
         _check(self.hidden >= 2, "probe.hidden", ">= 2", self.hidden, "Use 32.")
         _check(self.epochs >= 1, "probe.epochs", ">= 1", self.epochs, "Use 40.")
         _check(self.batch_size >= 1, "probe.batch_size", ">= 1", self.batch_size, "Use 256.")
@@ -143,24 +148,51 @@ class FingerprintConfig:
 
 @dataclass
 class IndexConfig:
-    """FAISS index chosen by a factory string."""
+    """The ANN index over the fingerprints (:mod:`gif_core.ann`), chosen by a FAISS factory string.
+
+    ``auto`` picks from the corpus size N and the memory available when the index is built
+    (:func:`gif_core.ann.choose_factory`):
+
+    * ``Flat`` (exact search) below 20,000 samples;
+    * ``HNSW32`` below 200,000 samples, if its ~1.8 KB per sample fit in a quarter of the
+      available memory;
+    * otherwise ``IVF{nlist}[_HNSW32],PQ{D/8}np``: nlist the power of two nearest √N, an HNSW
+      coarse quantiser from 4,096 lists on, D/8-byte product-quantised codes. It is trained on a
+      seeded sample, read memory-mapped, and its ``rerank × K`` (30 × K) candidates are
+      re-ranked exactly from the float16 store, so under 2 bytes per sample stay in RAM.
+
+    Any FAISS factory string overrides the choice (``gif build --index-factory``).
+    """
 
     factory: str = "auto"
-    """``auto``: Flat under 20,000 samples, HNSW32 above; or any FAISS factory string."""
+    """``auto`` (see above) or any FAISS factory string, e.g. ``IVF4096_HNSW32,PQ48``."""
     ef_search: int = 128
-    nprobe: int = 32
+    nprobe: int = 0
+    """IVF lists scanned per query; 0: an eighth of the lists (:func:`gif_core.ann.auto_nprobe`)."""
     candidates: int = 100
     """K: candidates taken from each channel before fusion and refinement."""
+    rerank: int = 30
+    """A compressed (PQ) index returns ``rerank × K`` candidates, re-ranked exactly from the
+    stored float16 fingerprints; 1 turns re-ranking off."""
+    mmap: bool = True
+    """Open IVF indexes memory-mapped (their lists stay on disk)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.factory), "index.factory", "a FAISS factory string or 'auto'",
                self.factory, "Use 'auto', 'Flat' or 'HNSW32'.")
         _check(self.candidates >= 1, "index.candidates", ">= 1", self.candidates, "Use 100.")
+        _check(self.ef_search >= 1, "index.ef_search", ">= 1", self.ef_search, "Use 128.")
+        _check(self.nprobe >= 0, "index.nprobe", ">= 0 (0 = automatic)", self.nprobe, "Use 0.")
+        _check(self.rerank >= 1, "index.rerank", ">= 1", self.rerank, "Use 30.")
 
-    def resolve(self, n: int) -> str:
+    def resolve(self, n: int, d: int = 384, memory: int | None = None) -> str:
+        """Factory string for ``n`` fingerprints of ``d`` dims (``memory``: bytes available,
+        measured when None)."""
         if self.factory != "auto":
             return self.factory
-        return "Flat" if n < 20_000 else "HNSW32"
+        from .ann import choose_factory
+
+        return choose_factory(n, d, memory)
 
 
 INFLUENCE_SOLVERS = ("lissa", "cg", "explicit", "ekfac")

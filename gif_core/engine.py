@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import __version__, ann
 from .config import BuildConfig
 from .data import Sample
 from .encoders import ImageEncoder, TextEncoder, resolve_device
@@ -40,7 +41,17 @@ from .influence import EKFAC, HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
 from .perceptual import PerceptualIndex, image_hashes
-from .probe import Probe, train_probe
+from .pipeline import (
+    ChunkWorker,
+    LocalExecutor,
+    WorkFolder,
+    build_key,
+    check_disk,
+    chunk_bounds,
+    estimate_bytes,
+    sample_rows,
+)
+from .probe import Probe, TrainReport, train_probe
 from .projection import make_projector
 from .store import (
     FORMAT_VERSION,
@@ -48,6 +59,7 @@ from .store import (
     SampleStore,
     Timer,
     atomic_directory,
+    building_folder,
     check_files,
     dir_bytes,
     file_sizes,
@@ -68,6 +80,10 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as build stages advance."""
 
 MAX_QUERY_CHARS = 1_000_000
+REMOVED = "removed.npy"
+"""Sorted int64 rows taken down by ``gif remove``; no channel returns them."""
+MAX_EXTRA_SPARSE = 10_000
+"""Extra BM25 / verbatim hits fetched so that K remain after dropping removed rows."""
 HVP_SAMPLE = 50_000
 """Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
@@ -79,6 +95,11 @@ TEXT_TO_IMAGE_KINDS = ("exact", "word_drop", "typos", "synonym")
 """Perturbations of captions that fit an image index's text → image ranker."""
 SKIPPED_LISTED = 1000
 """Skipped images listed one by one in an image index's manifest (all are counted)."""
+EMBED_DIM_GUESS = 1024
+"""Embedding dims assumed by the disk estimate when the encoder runs remotely (an upper bound
+for the supported text encoders)."""
+VOCAB_ENTRY_BYTES = 100
+"""RAM of one lexical vocabulary entry (a short str key and an int in a Python dict)."""
 SNIPPET_CHARS = 300
 SEMANTIC_HINT = 0.7
 """Embedding cosine above which an abstention names the nearest sample in meaning (display
@@ -113,28 +134,13 @@ def make_fingerprints(e: np.ndarray, c: np.ndarray, alpha: float, embedding: boo
     return np.ascontiguousarray(np.hstack([e_hat, alpha * c_hat]))
 
 
-def make_faiss_index(xb: np.ndarray, factory: str, ef_search: int = 128, nprobe: int = 32):
-    d = xb.shape[1]
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ConfigError(f"index.factory {factory!r} is not a valid FAISS factory string "
-                          f"({str(exc).splitlines()[0]}). Use 'Flat', 'HNSW32' or "
-                          f"'IVF1024,PQ32'.") from exc
-    if not index.is_trained:
-        index.train(xb)
-    index.add(xb)
-    _tune(index, ef_search, nprobe)
+def make_faiss_index(xb: np.ndarray, factory: str, ef_search: int = 128, nprobe: int = 0):
+    """A trained, filled FAISS index over ``xb`` (N, D) in RAM (small corpora and tests)."""
+    index = ann.new_index(xb.shape[1], factory)
+    ann.train(index, xb[ann.train_sample_rows(len(xb))])
+    index.add(np.ascontiguousarray(xb, dtype=np.float32))
+    ann.tune(index, ef_search, nprobe)
     return index
-
-
-def _tune(index, ef_search: int, nprobe: int) -> None:
-    params = faiss.ParameterSpace()
-    for name, value in (("efSearch", ef_search), ("nprobe", nprobe)):
-        try:
-            params.set_index_parameter(index, name, value)
-        except RuntimeError:
-            pass  # the parameter does not apply to this index type
 
 
 @dataclass
@@ -299,8 +305,14 @@ class Engine:
         self.probe.load_state_dict(load_file(str(d / "probe.safetensors")))
         self.probe.eval()
         self.projector = make_projector(self.probe, self.config.projection)
-        self.faiss = faiss.read_index(str(d / "fingerprints.faiss"))
-        _tune(self.faiss, self.config.index.ef_search, self.config.index.nprobe)
+        ic = self.config.index
+        self.faiss = ann.read_index(str(d / "fingerprints.faiss"), mmap=ic.mmap)
+        removed_path = d / REMOVED
+        self.removed = (load_array(d, REMOVED, mmap_mode=None).astype(np.int64)
+                        if removed_path.exists() else np.zeros(0, dtype=np.int64))
+        self.ann = ann.FingerprintSearcher(self.faiss, self.fingerprint_rows,
+                                           ann.SearchParams(ic.ef_search, ic.nprobe),
+                                           rerank=ic.rerank, removed=self.removed)
         self.modality = self.manifest.get("modality", "text")
         # image indexes have BM25 only when some image has a caption, and perceptual hashes in
         # the place of the shingle channel
@@ -374,6 +386,14 @@ class Engine:
                                        torch.from_numpy(labels)).numpy()
         return e, labels, c
 
+    def fingerprint_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored fingerprints ``h`` of ``rows`` (sorted for a front-to-back read), float32;
+        only these rows are read from the memory-mapped stores."""
+        fp = self.config.fingerprint
+        e = self.embeddings[rows]
+        c = self.grad_proj[rows] if (fp.alpha or not fp.embedding) else e[:, :1]
+        return make_fingerprints(e, c, fp.alpha, fp.embedding)
+
     # -- candidates and evidence ----------------------------------------------------------
 
     def candidates(self, query: str | ImageQuery, timer: Timer, k_cand: int,
@@ -398,24 +418,31 @@ class Engine:
         fp = self.config.fingerprint
         h_y = make_fingerprints(e_y, c_y, fp.alpha, fp.embedding)
         empty = np.zeros(0, dtype=np.int64)
+        # removed samples (takedowns) are excluded inside the ANN search; the sparse channels
+        # ask for as many extra rows as could be dropped, up to a bound
+        extra = min(len(self.removed), MAX_EXTRA_SPARSE)
         with timer.stage("ann"):
-            _, ann = self.faiss.search(h_y, k_cand + (len(exclude) if exclude else 0))
-        ann = ann[0][ann[0] >= 0]
+            _, found = self.ann.search(h_y, k_cand + (len(exclude) if exclude else 0))
+        ann_rows = found[0][found[0] >= 0]
         with timer.stage("lexical"):
-            lex = (self.lexical.search(text, k_cand)[1] if text is not None and self.lexical
-                   else empty)
+            lex = (self.lexical.search(text, k_cand + extra)[1]
+                   if text is not None and self.lexical else empty)
         with timer.stage("verbatim" if image is None else "phash"):
             if image is not None:
-                near = self.perceptual.search(image.phash, image.dhash, k_cand)[1]
+                near = self.perceptual.search(image.phash, image.dhash, k_cand + extra)[1]
             elif self.verbatim is not None:
-                near = self.verbatim.search(text, k_cand)[1]
+                near = self.verbatim.search(text, k_cand + extra)[1]
             else:
                 near = empty
         with timer.stage("fuse"):
+            if len(self.removed):
+                lex = lex[~np.isin(lex, self.removed)][:k_cand]
+                near = near[~np.isin(near, self.removed)][:k_cand]
             if exclude:
-                ann = ann[~np.isin(ann, list(exclude))][:k_cand]
+                ann_rows = ann_rows[~np.isin(ann_rows, list(exclude))][:k_cand]
                 lex = lex[~np.isin(lex, list(exclude))]
                 near = near[~np.isin(near, list(exclude))]
+            ann = ann_rows
             rows = np.unique(np.concatenate([ann, lex, near]).astype(np.int64))
             rank_of = []
             for found in (ann, lex, near):
@@ -454,6 +481,8 @@ class Engine:
     def influence_scorer(self) -> InfluenceScorer:
         if self._influence is None:
             n = len(self)
+            # removed samples stay in: the probe θ̂ was trained with them, and the curvature is
+            # that of the probe's training objective
             rows = np.arange(n)
             if n > HVP_SAMPLE:
                 rows = np.sort(np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
@@ -580,19 +609,16 @@ class Engine:
 # -- build ---------------------------------------------------------------------------------
 
 
-def _encode_all(encoder: TextEncoder, texts: Sequence[str], chunk: int, progress: Progress
-                ) -> np.ndarray:
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    done = 0
-
-    def tick(n):
-        nonlocal done
-        done += n
-        progress("encode", done, len(texts))
-
-    for start in range(0, len(texts), chunk):
-        out[start:start + chunk] = encoder.encode(texts[start:start + chunk], progress=tick)
-    return out
+def _fill(executor_results, store_chunk, work: WorkFolder, stage: str, progress: Progress,
+          n_chunks: int, done_before: int) -> None:
+    """Write each finished chunk through ``store_chunk`` and mark it done (flush first, so a
+    chunk marked done is on disk)."""
+    done = done_before
+    for item in executor_results:
+        store_chunk(*item)
+        work.mark_done(stage, item[0])
+        done += 1
+        progress(stage, done, n_chunks)
 
 
 def _check_samples(samples: Sequence[Sample]) -> None:
@@ -614,8 +640,14 @@ def _check_clusters(config: BuildConfig, n: int) -> None:
 
 def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None = None, *,
           progress: Progress | None = None, encoder: TextEncoder | None = None,
-          corpus_name: str = "") -> dict[str, Any]:
-    """Build an index directory from text samples; atomic (a failure leaves ``out`` untouched).
+          corpus_name: str = "", executor=None) -> dict[str, Any]:
+    """Build an index directory from text samples, streaming and resumable (see
+    :mod:`gif_core.pipeline`); atomic (a failure leaves ``out`` untouched).
+
+    Args:
+        executor: runs the per-chunk encode and fingerprint work; a
+            :class:`~gif_core.pipeline.LocalExecutor` by default, or the Ray executor of
+            :func:`gif_core.distributed.ray_executor`.
 
     Returns:
         The manifest written to ``out/manifest.json``.
@@ -623,31 +655,51 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
     config = config or BuildConfig()
     progress = progress or _noop
     _check_samples(samples)
+    _check_clusters(config, len(samples))
     timer = Timer()
     t_start = time.perf_counter()
     texts = [s.text for s in samples]
+    n = len(samples)
     with timer.stage("load_encoder"):
-        encoder = encoder or TextEncoder(config.encoder)
-    _check_clusters(config, len(samples))
-    with timer.stage("encode"):
-        e = _encode_all(encoder, texts, config.chunk_size, progress)
+        if executor is None:
+            executor = LocalExecutor(ChunkWorker(config.encoder, encoder))
+        encoder = encoder or getattr(getattr(executor, "worker", None), "encoder", None)
+    d_emb = encoder.dim if encoder is not None else EMBED_DIM_GUESS
 
-    def write_channels(tmp: Path) -> None:
-        with timer.stage("lexical"):
-            progress("lexical", 0, 1)
-            (tmp / "lexical").mkdir()
-            LexicalIndex.build(texts).save(tmp / "lexical")
-            progress("lexical", 1, 1)
-        with timer.stage("verbatim"):
-            progress("verbatim", 0, 1)
-            (tmp / "verbatim").mkdir()
-            VerbatimIndex.build(texts).save(tmp / "verbatim")
-            progress("verbatim", 1, 1)
+    def embed(work: WorkFolder, chunks: list[tuple[int, int]]) -> None:
+        todo = [i for i in range(len(chunks)) if not work.is_done("encode", i)]
+        if not todo:
+            return
+        gen = executor.encode((i, texts[slice(*chunks[i])]) for i in todo)
+        # the first finished chunk (any chunk, on Ray) tells the embedding width
+        i0, e0 = next(gen)
+        e32 = work.array("e32", (n, e0.shape[1]), np.float32)
+
+        def store_e(i, e, out=e32):
+            out[slice(*chunks[i])] = e
+            out.flush()
+
+        store_e(i0, e0)
+        work.mark_done("encode", i0)
+        progress("encode", len(chunks) - len(todo) + 1, len(chunks))
+        _fill(gen, store_e, work, "encode", progress, len(chunks), len(chunks) - len(todo) + 1)
+
+    def write_channels(tmp: Path, work: WorkFolder) -> None:
+        for name, cls in (("lexical", LexicalIndex), ("verbatim", VerbatimIndex)):
+            with timer.stage(name):
+                progress(name, 0, 1)
+                if not work.is_done(name):
+                    (tmp / name).mkdir(exist_ok=True)
+                    cls.build(texts).save(tmp / name)
+                    work.mark_done(name)
+                progress(name, 1, 1)
 
     def fit_rankers(engine: Engine) -> dict[str, Ranker]:
         return {"ranker.json": fit_build_ranker(engine, samples, config.ranker_queries, progress)}
 
-    return _build_index(samples, e, out, config, encoder, modality="text",
+    return _build_index(samples, out, config, executor, encoder, modality="text", embed=embed,
+                        disk_estimate=estimate_bytes(n, sum(len(t) for t in texts), d_emb,
+                                                     config.projection.dim),
                         write_channels=write_channels, fit_rankers=fit_rankers, extra={},
                         progress=progress, timer=timer, t_start=t_start, corpus_name=corpus_name)
 
@@ -720,7 +772,7 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
     captioned = sum(1 for t in texts if t.strip())
     kept_sources = [sources[i] for i in kept]
 
-    def write_channels(tmp: Path) -> None:
+    def write_channels(tmp: Path, work: WorkFolder) -> None:
         with timer.stage("phash"):
             PerceptualIndex(np.array([h[0] for h in hashes], dtype=np.uint64),
                             np.array([h[1] for h in hashes], dtype=np.uint64)
@@ -747,69 +799,162 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
                         "skipped_items": skipped[:SKIPPED_LISTED]}}
     if skipped:
         log.warning("%d of %d images skipped: %s", len(skipped), len(sources), reasons)
-    return _build_index(samples, e, out, config, encoder, modality="image",
+    def embed(work: WorkFolder, chunks: list[tuple[int, int]]) -> None:
+        # images were decoded and encoded above (skips decide which rows exist); stored whole
+        e32 = work.array("e32", e.shape, np.float32)
+        e32[:] = e
+        e32.flush()
+        for i in range(len(chunks)):
+            work.mark_done("encode", i)
+
+    executor = LocalExecutor(ChunkWorker(config.encoder, encoder))
+    return _build_index(samples, out, config, executor, encoder, modality="image", embed=embed,
+                        disk_estimate=estimate_bytes(len(samples), sum(len(t) for t in texts),
+                                                     e.shape[1], config.projection.dim),
                         write_channels=write_channels, fit_rankers=fit_rankers, extra=extra,
                         progress=progress, timer=timer, t_start=t_start, corpus_name=corpus_name)
 
 
-def _build_index(samples: Sequence[Sample], e: np.ndarray, out: str | Path, config: BuildConfig,
-                 encoder: Any, *, modality: str, write_channels: Callable[[Path], None],
+def _build_index(samples: Sequence[Sample], out: str | Path, config: BuildConfig, executor,
+                 encoder: Any, *, modality: str,
+                 embed: Callable[[WorkFolder, list[tuple[int, int]]], None], disk_estimate: int,
+                 write_channels: Callable[[Path, WorkFolder], None],
                  fit_rankers: Callable[[Engine], dict[str, Ranker]], extra: dict[str, Any],
                  progress: Progress, timer: Timer, t_start: float, corpus_name: str
                  ) -> dict[str, Any]:
-    """Stage A/B for every modality: embeddings e (N, d) -> labels, probe, projected
-    gradients, FAISS, the modality's evidence channels, curvature, rankers, manifest."""
+    """Stage A/B for every modality, streaming and resumable: ``embed`` fills the work
+    folder's ``e32`` (N, d) chunk by chunk; then pseudo-labels, the probe, labels and projected
+    gradients per chunk, FAISS, the modality's evidence channels (``write_channels``), stores,
+    curvature and EK-FAC factors, rankers (``fit_rankers``) and the manifest."""
     n = len(samples)
-    device = encoder.device
-    with atomic_directory(out) as tmp:
+    weights_sha = executor.weights_sha256()
+    out = Path(out)
+    check_disk(out, disk_estimate, f"building {n:,} samples")
+    key = build_key(samples, config, weights_sha, __version__)
+    chunks = chunk_bounds(n, config.chunk_size)
+    mine = building_folder(out.resolve(), key)
+    stale = [p for p in mine.parent.glob(f".{out.name}.building-*") if p != mine]
+    if stale:
+        log.warning("unfinished builds of other corpora or settings are left next to %s: %s; "
+                    "delete them if they will not be resumed", out, ", ".join(map(str, stale)))
+
+    with atomic_directory(out, resume_key=key) as tmp:
+        work = WorkFolder(tmp)
+        write_json_atomic(tmp / "build_key.json", {"key": key, "samples": n})
+
+        # pass 1: embeddings
+        with timer.stage("encode"):
+            embed(work, chunks)
+            e32 = np.load(work.work / "e32.npy", mmap_mode="r")
+            d = e32.shape[1]
+
+        # driver: centroids and probe on seeded samples
         with timer.stage("labels"):
             progress("labels", 0, 1)
-            centroids = fit_centroids(e, config.labels)
-            labels = assign(e, centroids)
+            if work.is_done("centroids"):
+                centroids = np.load(work.work / "centroids.npy")
+            else:
+                centroids = fit_centroids(e32, config.labels)
+                np.save(work.work / "centroids.npy", centroids)
+                work.mark_done("centroids")
             progress("labels", 1, 1)
         with timer.stage("probe"):
             progress("probe", 0, 1)
-            probe, report = train_probe(e, labels, len(centroids), config.probe, device)
-            probe = probe.cpu()
+            probe = Probe(d, config.probe.hidden, len(centroids))
+            if work.is_done("probe"):
+                probe.load_state_dict(load_file(str(work.work / "probe.safetensors")))
+                report = TrainReport(**work.load_json("probe_report.json"))
+            else:
+                rows = sample_rows(n, config.probe.sample_size, config.probe.seed)
+                e_s = np.asarray(e32[rows], dtype=np.float32)
+                probe, report = train_probe(e_s, assign(e_s, centroids), len(centroids),
+                                            config.probe, executor_device(encoder))
+                probe = probe.cpu()
+                del e_s
+                save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
+                          str(work.work / "probe.safetensors"))
+                work.save_json("probe_report.json", asdict(report))
+                work.mark_done("probe")
+            probe.eval()
             progress("probe", 1, 1)
+
+        # pass 2: labels and gradient projections with the one trained probe
         with timer.stage("gradients"):
             projector = make_projector(probe, config.projection)
-            c = np.empty((n, projector.dim), dtype=np.float32)
-            for start in range(0, n, config.chunk_size):
-                sl = slice(start, start + config.chunk_size)
-                c[sl] = projector.project(probe, torch.from_numpy(e[sl]),
-                                          torch.from_numpy(labels[sl])).detach().numpy()
-                progress("gradients", min(n, start + config.chunk_size), n)
+            m = projector.dim
+            labels_w = work.array("labels", (n,), np.int32)
+            c32 = work.array("c32", (n, m), np.float32)
+            todo = [i for i in range(len(chunks)) if not work.is_done("fingerprint", i)]
+            if todo:
+                state = {k: v.detach().numpy() for k, v in probe.state_dict().items()}
+                executor.set_probe(state, d, len(centroids), config.probe, config.projection,
+                                   centroids)
+
+                def store_c(i, lab, c, out_l=labels_w, out_c=c32):
+                    out_l[slice(*chunks[i])] = lab
+                    out_c[slice(*chunks[i])] = c
+                    out_l.flush()
+                    out_c.flush()
+
+                _fill(executor.fingerprint((i, np.asarray(e32[slice(*chunks[i])]))
+                                           for i in todo),
+                      store_c, work, "fingerprint", progress, len(chunks),
+                      len(chunks) - len(todo))
+            del labels_w, c32
+            labels = np.load(work.work / "labels.npy", mmap_mode="r")
+            c32 = np.load(work.work / "c32.npy", mmap_mode="r")
+
         with timer.stage("faiss"):
-            progress("faiss", 0, 1)
-            factory = config.index.resolve(n)
-            fp = make_fingerprints(e, c, config.fingerprint.alpha, config.fingerprint.embedding)
-            index = make_faiss_index(fp, factory, config.index.ef_search, config.index.nprobe)
-            faiss.write_index(index, str(tmp / "fingerprints.faiss"))
-            del fp, index
-            progress("faiss", 1, 1)
-        write_channels(tmp)
+            progress("faiss", 0, n)
+            fpc = config.fingerprint
+            dim = int(make_fingerprints(e32[:1], c32[:1], fpc.alpha, fpc.embedding).shape[1])
+            factory = config.index.resolve(n, dim)
+            if not work.is_done("faiss"):
+                index = ann.new_index(dim, factory)
+                rows = ann.train_sample_rows(n)
+                ann.train(index, make_fingerprints(e32[rows], c32[rows], fpc.alpha,
+                                                   fpc.embedding))
+                ann.add_chunks(index, (make_fingerprints(e32[a:b], c32[a:b], fpc.alpha,
+                                                         fpc.embedding) for a, b in chunks),
+                               lambda done: progress("faiss", done, n))
+                faiss.write_index(index, str(tmp / "fingerprints.faiss"))
+                ann_ram = ann.ram_bytes(index)
+                work.save_json("ann.json", {"ram_bytes": ann_ram,
+                                            "compressed": ann.is_compressed(index)})
+                del index
+                work.mark_done("faiss")
+            ann_info = work.load_json("ann.json")
+            progress("faiss", n, n)
+        write_channels(tmp, work)
         with timer.stage("store"):
             write_samples(tmp, samples)
-            np.save(tmp / "embeddings.npy", e.astype(np.float16))
-            np.save(tmp / "grad_proj.npy", c.astype(np.float16))
-            np.save(tmp / "labels.npy", labels.astype(np.int32))
+            for name, src, dtype in (("embeddings.npy", e32, np.float16),
+                                     ("grad_proj.npy", c32, np.float16),
+                                     ("labels.npy", labels, np.int32)):
+                dst = open_memmap(tmp / name, mode="w+", dtype=dtype, shape=src.shape)
+                for a, b in chunks:
+                    dst[a:b] = src[a:b]
+                dst.flush()
+                del dst
             np.save(tmp / "centroids.npy", centroids)
             save_file({k: v.contiguous() for k, v in probe.state_dict().items()},
                       str(tmp / "probe.safetensors"))
             (tmp / "probe.safetensors").chmod(0o644)
         with timer.stage("curvature"):
-            rows = np.arange(n) if n <= HVP_SAMPLE else np.sort(
-                np.random.default_rng(0).choice(n, HVP_SAMPLE, replace=False))
-            op = HessianOperator(probe, torch.from_numpy(e[rows]),
-                                 torch.from_numpy(labels[rows]), config.probe.weight_decay,
-                                 config.influence.damping, config.influence.curvature)
+            rows = sample_rows(n, HVP_SAMPLE, 0)
+            op = HessianOperator(probe, torch.from_numpy(np.asarray(e32[rows], np.float32)),
+                                 torch.from_numpy(np.asarray(labels[rows], np.int64)),
+                                 config.probe.weight_decay, config.influence.damping,
+                                 config.influence.curvature)
             lam_max = op.top_eigenvalue(iters=20)
             # EK-FAC factors (the default solver's), a few hundred KB, so queries need no setup
-            ekfac = EKFAC(probe, torch.from_numpy(e[rows]), config.probe.weight_decay,
-                          config.influence.damping)
+            ekfac = EKFAC(probe, torch.from_numpy(np.asarray(e32[rows], np.float32)),
+                          config.probe.weight_decay, config.influence.damping)
             save_file(ekfac.state_dict(), str(tmp / "ekfac.safetensors"))
             (tmp / "ekfac.safetensors").chmod(0o644)
+        del e32, c32, labels
+        work.remove()
+        (tmp / "build_key.json").unlink()
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "index_version": 1,
@@ -818,19 +963,22 @@ def _build_index(samples: Sequence[Sample], e: np.ndarray, out: str | Path, conf
             "created_unix": time.time(),
             "config": config.to_dict(),
             "versions": library_versions(),
-            "encoder": {"name": encoder.name, "dim": encoder.dim,
-                        "weights_sha256": encoder.weights_sha256},
+            "encoder": {"name": config.encoder.name if encoder is None else encoder.name,
+                        "dim": int(d), "weights_sha256": weights_sha},
             "counts": {"samples": n, "clusters": int(len(centroids)),
-                       "probe_params": probe.num_params, "projection_dim": int(projector.dim),
-                       "fingerprint_dim": int(make_fingerprints(e[:1], c[:1],
-                                                                config.fingerprint.alpha,
-                                                                config.fingerprint.embedding
-                                                                ).shape[1])},
+                       "probe_params": probe.num_params, "projection_dim": int(m),
+                       "fingerprint_dim": dim, "removed": 0},
             "faiss_factory": factory,
+            "ann": {"compressed": bool(ann_info["compressed"]),
+                    "rerank": config.index.rerank if ann_info["compressed"] else 1,
+                    "ram_bytes": int(ann_info["ram_bytes"])},
+            "build": {"engine": executor.name, "chunks": len(chunks)},
             "probe": asdict(report),
             "influence": {"lambda_max": lam_max,
                           "scale": 1.1 * (lam_max + config.influence.damping)},
             "build_ms": {},
+            "changes": [{"version": 1, "action": "build", "unix": time.time(), "samples": n,
+                         "corpus": corpus_name}],
             **extra,
         }
         write_json_atomic(tmp / "manifest.partial.json", manifest)
@@ -847,10 +995,49 @@ def _build_index(samples: Sequence[Sample], e: np.ndarray, out: str | Path, conf
         manifest["build_ms"]["total"] = round((time.perf_counter() - t_start) * 1000, 1)
         manifest["bytes_on_disk"] = dir_bytes(tmp)
         (tmp / "manifest.partial.json").unlink()
+        manifest["bytes_per_sample"] = channel_bytes(tmp, manifest)
         manifest["files"] = file_sizes(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
     log.info("built %s: %d samples in %.1fs", out, n, manifest["build_ms"]["total"] / 1000)
     return manifest
+
+
+def executor_device(encoder: TextEncoder | None) -> str:
+    """Device the driver trains the probe on: the encoder's, or CPU when encoding ran remotely."""
+    return encoder.device if encoder is not None else "cpu"
+
+
+def channel_bytes(directory: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Bytes per sample of each channel, on disk and in RAM once the index is open.
+
+    RAM counts what an open :class:`Engine` keeps in anonymous memory; memory-mapped files (the
+    stores, an IVF index's lists, the lexical and verbatim postings) count as disk, since the
+    kernel pages in only what queries touch and may drop it again. The lexical channel's
+    vocabulary is a Python dict, about :data:`VOCAB_ENTRY_BYTES` per term.
+    """
+    from . import lexical, verbatim
+
+    d = Path(directory)
+    n = max(1, int(manifest["counts"]["samples"]))
+
+    def size(*names: str) -> int:
+        return sum((d / x).stat().st_size for x in names if (d / x).exists())
+
+    vocab = 0
+    vocab_path = d / "lexical" / "vocab.index.json"
+    if vocab_path.exists():
+        vocab = len(json.loads(vocab_path.read_text(encoding="utf-8")))
+    ann_ram = int(manifest.get("ann", {}).get("ram_bytes", size("fingerprints.faiss")))
+    out = {
+        "ann": {"disk": size("fingerprints.faiss"), "ram": ann_ram},
+        "stores": {"disk": size("embeddings.npy", "grad_proj.npy", "labels.npy"), "ram": 0},
+        "samples": {"disk": size("samples.jsonl", "sample_offsets.npy"), "ram": 0},
+        "lexical": {"disk": lexical.nbytes_on_disk(d / "lexical"),
+                    "ram": vocab * VOCAB_ENTRY_BYTES},
+        "verbatim": {"disk": verbatim.nbytes_on_disk(d / "verbatim"), "ram": 0},
+    }
+    return {k: {"disk": round(v["disk"] / n, 2), "ram": round(v["ram"] / n, 2)}
+            for k, v in out.items()}
 
 
 def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
@@ -871,6 +1058,9 @@ def refit_ranker(directory: str | Path, n_queries: int | None = None, *,
     manifest = dict(engine.manifest)
     manifest["ranker"] = ranker.report
     manifest["index_version"] = int(manifest.get("index_version", 1)) + 1
+    manifest.setdefault("changes", []).append({"version": manifest["index_version"],
+                                               "action": "refit-ranker", "unix": time.time(),
+                                               "queries": n_queries})
     manifest["files"] = file_sizes(d)
     write_json_atomic(d / MANIFEST, manifest)
     return manifest

@@ -1,6 +1,7 @@
 """On-disk stores of an index directory: sample records, arrays, manifest, atomic writes.
 
-Layout of an index directory (every file written into a temporary sibling, renamed in at the end)::
+Layout of an index directory (every file written into a temporary sibling, renamed in at the end;
+a build in progress also keeps ``work/`` and ``done/`` there, see :mod:`gif_core.pipeline`)::
 
     manifest.json        format version, config, library versions, hashes, counts, timings
     samples.jsonl        one record per sample: id, sha256, text, meta (row order = FAISS ids)
@@ -11,7 +12,8 @@ Layout of an index directory (every file written into a temporary sibling, renam
     centroids.npy        (C, d) float32
     probe.safetensors    probe weights θ̂
     ekfac.safetensors    EK-FAC factors of the probe's damped Gauss–Newton matrix (influence)
-    fingerprints.faiss   FAISS index over h = [ê ; α·ĉ]
+    fingerprints.faiss   FAISS index over h = [ê ; α·ĉ] (IVF ones are read memory-mapped)
+    removed.npy          (R,) int64 rows taken down by ``gif remove`` (absent when none)
     lexical/, verbatim/  evidence channels
     ranker.json          fusion ranker and abstention calibration
 
@@ -51,25 +53,48 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def atomic_directory(target: str | Path):
-    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds.
+def building_folder(target: Path, key: str) -> Path:
+    """The hidden sibling a resumable build of ``target`` with this key writes into."""
+    return target.with_name(f".{target.name}.building-{key[:16]}")
 
-    A crash or error inside the block leaves ``target`` exactly as it was (the temporary folder
-    is removed). The swap renames the old folder aside, renames the new one in, then deletes the
-    old one, so at every instant ``target`` is either the old or the new complete index.
+
+@contextmanager
+def atomic_directory(target: str | Path, resume_key: str | None = None):
+    """Yield a temporary directory that replaces ``target`` only if the block succeeds.
+
+    A crash or error inside the block leaves ``target`` exactly as it was. The swap renames the
+    old folder aside, renames the new one in, then deletes the old one, so at every instant
+    ``target`` is either the old or the new complete index.
+
+    Without ``resume_key`` the temporary folder is fresh and removed on any failure. With it, the
+    folder is named after the key (:func:`building_folder`), reused if an earlier attempt left it,
+    and kept when the block is interrupted or crashes, so the same build can pick up its finished
+    work; it is still removed when the block raises a :class:`GIFError` (bad input fails the same
+    way again).
     """
+    from .errors import GIFError
+
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise IndexFormatError(f"--out {str(target)!r} exists and is not a directory. Choose "
                                f"another path.")
-    tmp = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    if resume_key is None:
+        tmp = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+    else:
+        tmp = building_folder(target, resume_key)
+        if tmp.exists():
+            log.info("resuming the build in %s", tmp)
+        tmp.mkdir(exist_ok=True)
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if resume_key is None or isinstance(exc, GIFError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log.warning("build stopped (%s); its finished work is kept in %s and the same build "
+                        "run again resumes from it", type(exc).__name__, tmp)
         raise
     old = None
     if target.exists():
@@ -96,7 +121,9 @@ class SampleStore:
     """Random access to sample records by row, memory-mapped."""
 
     def __init__(self, directory: Path):
-        self.offsets = np.load(directory / "sample_offsets.npy", allow_pickle=False)
+        # memory-mapped: 8 bytes per sample that need not sit in RAM
+        self.offsets = np.load(directory / "sample_offsets.npy", allow_pickle=False,
+                               mmap_mode="r")
         self._fh = (directory / "samples.jsonl").open("rb")
         size = os.fstat(self._fh.fileno()).st_size
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
@@ -118,8 +145,9 @@ class SampleStore:
         return (self.record(i) for i in range(len(self)))
 
     def id_text_pairs(self) -> list[tuple[str, str]]:
-        """(id, text) of every sample in row order: the input of the query generators."""
-        return [(r["id"], r["text"]) for r in self.records()]
+        """(id, text) of every sample in row order, taken-down samples left out: the input of
+        the query generators."""
+        return [(r["id"], r["text"]) for r in self.records() if "removed_in_version" not in r]
 
     @property
     def ids(self) -> list[str]:
