@@ -847,7 +847,7 @@ def verify_package(backend, path: Path) -> VerifyOutcome:
 
 # -- building an index from the app -----------------------------------------------------------
 
-BUILD_STAGES = ("encode", "labels", "probe", "gradients", "faiss", "lexical", "verbatim",
+BUILD_STAGES = ("encode", "labels", "probe", "fingerprint", "faiss", "lexical", "verbatim",
                 "ranker")
 PACKAGED_CORPORA = ("pkg:wiki", "pkg:wordnet", "pkg:fortunes")
 
