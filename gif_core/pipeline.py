@@ -21,7 +21,9 @@ usable.
 
 Known limits: sample texts are held in RAM by the caller (a list of :class:`Sample`); the lexical
 and verbatim channels are built in one piece from them (see :mod:`gif_core.lexical`); the work
-folder needs about ``N × (6·d + 6·m)`` bytes next to the target until the swap.
+folder needs about ``N × (6·d + 6·m)`` bytes next to the target until the swap; the work arrays
+are memory-mapped, so a process's RSS counts the file pages it touched (page cache the kernel
+can reclaim, not anonymous memory): measure a build's memory with ``RssAnon``, not peak RSS.
 """
 
 from __future__ import annotations
