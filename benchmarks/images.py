@@ -6,10 +6,12 @@ Builds one image index (default encoder: the shipped image tower) of every capti
 stamp, ``--others`` openclipart-png images (a seeded sample) and the first ``--fashion``
 Fashion-MNIST photos, then measures
 
-* P@1 and MRR of perturbed-copy queries (an image whose exact bytes are indexed under several
-  ids, as some openclipart files are, counts as found under any of them) (crop, resize, JPEG, rotation, noise; ``--n`` source
+* P@1 and MRR of perturbed-copy queries (crop, resize, JPEG, rotation, noise; ``--n`` source
   images each, seeded, written as PNG files and read back like a user's upload), for the fused
-  ranking and for two single channels: the fingerprint ANN alone and the perceptual hashes alone;
+  ranking and for two single channels: the fingerprint ANN alone and the perceptual hashes alone.
+  An image whose exact bytes are indexed under several ids (some openclipart files are) counts
+  as found under any of them; ``fused_same_hash_counts`` also accepts any image with the
+  source's exact pHash and dHash;
 * text → image recall@10 for the captions of the held-out pairs the tower never trained on
   (:func:`gif_core.image_data.is_held_out`) that are in the index: fused (the captions are
   indexed, so BM25 sees them) and through the shared embedding space alone (ANN, no caption);
@@ -205,7 +207,8 @@ def main() -> int:
           f" (stamps: {t2i['ann_only_stamps']['recall@10']:.3f})")
     print("latency ms p50/p95: " + ", ".join(
         f"{s} {v['p50']:.1f}/{v['p95']:.1f}" for s, v in report["latency_ms"].items()))
-    print(f"wrote {out / 'images.json'}; median query {statistics.median(t['total'] for t in timings):.0f} ms")
+    median = statistics.median(t["total"] for t in timings)
+    print(f"wrote {out / 'images.json'}; median query {median:.0f} ms")
     return 0
 
 

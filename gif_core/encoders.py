@@ -270,7 +270,8 @@ class ImageEncoder:
 
     modality = "image"
 
-    def __init__(self, config: EncoderConfig | None = None, text_encoder: TextEncoder | None = None):
+    def __init__(self, config: EncoderConfig | None = None,
+                 text_encoder: TextEncoder | None = None):
         self.config = config or EncoderConfig(name=DEFAULT_IMAGE_ENCODER)
         self.device = resolve_device(self.config.device)
         name = self.config.name

@@ -14,7 +14,8 @@ decompression bomb and is refused with :class:`ImageError` (reason ``too_large``
 pixel is decoded. Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) is set to the same limit when
 this module is imported, so no other code path in the process decodes a larger raster by
 accident. JPEGs are decoded at a reduced scale when that suffices (``Image.draft``). Some
-``openclipart-png`` images (up to 623 megapixels) are refused this way; a build skips them and lists them in its manifest.
+``openclipart-png`` images (up to 623 megapixels) are refused this way; a build skips them and
+lists them in its manifest.
 
 Every failure is an :class:`ImageError` (an :class:`~gif_core.errors.InputError`) with a short
 machine-readable ``reason`` (:data:`REASONS`) and a message naming the file, the problem and the
@@ -113,7 +114,8 @@ def _rasterise_svg(data: bytes, where: str) -> bytes:
     try:
         return cairosvg.svg2png(bytestring=data, output_width=SVG_SIDE, unsafe=False)
     except Exception as exc:  # cairosvg raises many types (XML, value, cairo errors)
-        if type(exc).__name__ in ("EntitiesForbidden", "DTDForbidden", "ExternalReferenceForbidden"):
+        if type(exc).__name__ in ("EntitiesForbidden", "DTDForbidden",
+                                  "ExternalReferenceForbidden"):
             # cairosvg's safe mode (defusedxml) refuses entity declarations: entity-expansion
             # bombs and external references
             raise ImageError(f"{where}: the SVG declares XML entities or external references, "
