@@ -327,7 +327,7 @@ def main() -> int:
     p.add_argument("--nprobe", default="0", help="0: automatic (an eighth of the lists); a "
                                                   "comma list measures each (first = headline)")
     p.add_argument("--ef-search", type=int, default=128)
-    p.add_argument("--rerank", default="30", help="candidates per result re-ranked exactly; a "
+    p.add_argument("--rerank", default="60", help="candidates per result re-ranked exactly; a "
                                                   "comma list measures each")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("-k", type=int, default=100)

@@ -158,7 +158,7 @@ class IndexConfig:
       available memory;
     * otherwise ``IVF{nlist}[_HNSW32],PQ{D/8}np``: nlist the power of two nearest √N, an HNSW
       coarse quantiser from 4,096 lists on, D/8-byte product-quantised codes. It is trained on a
-      seeded sample, read memory-mapped, and its ``rerank × K`` (30 × K) candidates are
+      seeded sample, read memory-mapped, and its ``rerank × K`` (60 × K) candidates are
       re-ranked exactly from the float16 store, so under 2 bytes per sample stay in RAM.
 
     Any FAISS factory string overrides the choice (``gif build --index-factory``).
@@ -171,7 +171,7 @@ class IndexConfig:
     """IVF lists scanned per query; 0: an eighth of the lists (:func:`gif_core.ann.auto_nprobe`)."""
     candidates: int = 100
     """K: candidates taken from each channel before fusion and refinement."""
-    rerank: int = 30
+    rerank: int = 60
     """A compressed (PQ) index returns ``rerank × K`` candidates, re-ranked exactly from the
     stored float16 fingerprints; 1 turns re-ranking off."""
     mmap: bool = True
@@ -183,7 +183,7 @@ class IndexConfig:
         _check(self.candidates >= 1, "index.candidates", ">= 1", self.candidates, "Use 100.")
         _check(self.ef_search >= 1, "index.ef_search", ">= 1", self.ef_search, "Use 128.")
         _check(self.nprobe >= 0, "index.nprobe", ">= 0 (0 = automatic)", self.nprobe, "Use 0.")
-        _check(self.rerank >= 1, "index.rerank", ">= 1", self.rerank, "Use 30.")
+        _check(self.rerank >= 1, "index.rerank", ">= 1", self.rerank, "Use 60.")
 
     def resolve(self, n: int, d: int = 384, memory: int | None = None) -> str:
         """Factory string for ``n`` fingerprints of ``d`` dims (``memory``: bytes available,

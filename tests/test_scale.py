@@ -170,7 +170,7 @@ def test_compressed_index_end_to_end(tmp_path, wiki_slice, encoder):
     # 4-bit codes: an 8-bit PQ needs 256 training rows per sub-quantiser, more than 200 samples
     cfg = BuildConfig(index=IndexConfig(factory="IVF8,PQ48x4np"), ranker_queries=0)
     manifest = build(wiki_slice[:200], out, cfg, encoder=encoder)
-    assert manifest["ann"]["compressed"] and manifest["ann"]["rerank"] == 30
+    assert manifest["ann"]["compressed"] and manifest["ann"]["rerank"] == 60
     for channel in ("ann", "stores", "samples", "lexical", "verbatim"):
         assert manifest["bytes_per_sample"][channel]["disk"] > 0
     per = manifest["bytes_per_sample"]
@@ -178,7 +178,7 @@ def test_compressed_index_end_to_end(tmp_path, wiki_slice, encoder):
     assert per["ann"]["disk"] < per["stores"]["disk"] / 4
     assert per["stores"]["disk"] == pytest.approx(2 * (384 + 128) + 4, abs=3)  # + .npy headers
     engine = Engine(out, encoder=encoder)
-    assert engine.ann.rerank == 30
+    assert engine.ann.rerank == 60
     for s in wiki_slice[:200:50]:
         att = engine.attribute(s.text, k=3, influence=False)
         assert att.results[0].id == s.id
