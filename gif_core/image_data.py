@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import _records_jsonl
 from .errors import CorpusError
 from .images import IMAGE_SUFFIXES, read_image_bytes
 
@@ -122,23 +123,12 @@ def image_folder(path: Path) -> ImageCorpus:
 
 
 def _table_rows(path: Path):
-    raw = path.read_bytes().decode("utf-8", errors="replace")
     if path.suffix.lower() == ".csv":
+        raw = path.read_bytes().decode("utf-8", errors="replace")
         for rowno, row in enumerate(csv.DictReader(raw.splitlines()), 2):
             yield dict(row), f"{path}:{rowno}"
         return
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}:{lineno}: not valid JSON ({exc.msg}). Each line must be "
-                              f'an object such as {{"image": "a.png", "caption": "..."}}.') from None
-        if not isinstance(obj, dict):
-            raise CorpusError(f"{path}:{lineno}: expected a JSON object, got "
-                              f"{type(obj).__name__}.")
-        yield obj, f"{path}:{lineno}"
+    yield from _records_jsonl(path, "caption")
 
 
 def image_table(path: Path) -> ImageCorpus:

@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
+from safetensors.torch import save_file
 
 from .data import Sample
 from .encoders import TextEncoder
@@ -50,7 +51,7 @@ from .engine import (
     make_fingerprints,
 )
 from .errors import InputError
-from .influence import HessianOperator
+from .influence import EKFAC, HessianOperator
 from .lexical import LexicalIndex
 from .pipeline import ChunkWorker, check_disk, chunk_bounds, estimate_bytes, sample_rows
 from .store import (
@@ -202,6 +203,12 @@ def add_samples(directory: str | Path, samples: Sequence[Sample], *,
                              cfg.probe.weight_decay, cfg.influence.damping,
                              cfg.influence.curvature)
         lam_max = op.top_eigenvalue(iters=20)
+        # the EK-FAC factors are taken over the grown corpus too (the hard link is replaced)
+        ekfac = EKFAC(engine.probe, torch.from_numpy(np.asarray(e_all[rows], np.float32)),
+                      cfg.probe.weight_decay, cfg.influence.damping)
+        (tmp / "ekfac.safetensors").unlink(missing_ok=True)
+        save_file(ekfac.state_dict(), str(tmp / "ekfac.safetensors"))
+        (tmp / "ekfac.safetensors").chmod(0o644)
         del e_all, y_all
         manifest = dict(engine.manifest)
         manifest["influence"] = {"lambda_max": lam_max,

@@ -195,8 +195,11 @@ def small_built(tmp_path, wiki_slice, encoder):
 
 def test_add_then_remove(small_built, wiki_slice, encoder):
     added = wiki_slice[60:80]
+    ekfac_before = (small_built / "ekfac.safetensors").read_bytes()
     manifest = add_samples(small_built, added, encoder=encoder, corpus_name="wiki[60:80]")
     assert manifest["index_version"] == 2 and manifest["counts"]["samples"] == 80
+    # the influence factors follow the grown corpus
+    assert (small_built / "ekfac.safetensors").read_bytes() != ekfac_before
     assert manifest["changes"][-1]["action"] == "add"
     assert manifest["changes"][-1]["rows"] == [60, 80]
     engine = Engine(small_built, encoder=encoder)
