@@ -105,14 +105,20 @@ def atomic_directory(target: str | Path, resume_key: str | None = None):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_records(fh, samples: Iterable[Sample], offsets: list[int]) -> None:
+    """Append one ``samples.jsonl`` line per sample to ``fh`` and its end offset to ``offsets``
+    (whose last entry is where the next line starts)."""
+    for s in samples:
+        line = json.dumps({"id": s.id, "sha256": s.sha256, "text": s.text, "meta": s.meta},
+                          ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+        fh.write(line)
+        offsets.append(offsets[-1] + len(line))
+
+
 def write_samples(directory: Path, samples: Iterable[Sample]) -> int:
     offsets = [0]
     with (directory / "samples.jsonl").open("wb") as fh:
-        for s in samples:
-            line = json.dumps({"id": s.id, "sha256": s.sha256, "text": s.text, "meta": s.meta},
-                              ensure_ascii=False, default=str).encode("utf-8") + b"\n"
-            fh.write(line)
-            offsets.append(offsets[-1] + len(line))
+        write_records(fh, samples, offsets)
     np.save(directory / "sample_offsets.npy", np.asarray(offsets, dtype=np.int64))
     return len(offsets) - 1
 

@@ -62,6 +62,7 @@ from .store import (
     file_sizes,
     read_manifest,
     write_json_atomic,
+    write_records,
 )
 from .verbatim import VerbatimIndex
 
@@ -105,11 +106,7 @@ def _append_samples(src: Path, dst: Path, samples: Sequence[Sample]) -> None:
     shutil.copyfile(src / "samples.jsonl", dst / "samples.jsonl")
     offsets = [int(x) for x in np.load(src / "sample_offsets.npy", allow_pickle=False)]
     with (dst / "samples.jsonl").open("ab") as fh:
-        for s in samples:
-            line = json.dumps({"id": s.id, "sha256": s.sha256, "text": s.text, "meta": s.meta},
-                              ensure_ascii=False, default=str).encode("utf-8") + b"\n"
-            fh.write(line)
-            offsets.append(offsets[-1] + len(line))
+        write_records(fh, samples, offsets)
     np.save(dst / "sample_offsets.npy", np.asarray(offsets, dtype=np.int64))
 
 
