@@ -2,8 +2,8 @@
 
 The pages hold layout only; everything they show is computed here: which index to open, the
 backend that answers queries (the engine in this process, or a `gif serve` API at a URL), text
-uploads and their limit, the results table, the verdict, the influence chart, the span viewer's
-HTML, the counterfactual check and evidence packages, the UMAP map of the index and its on-disk
+and image uploads and their limits, the results table, the verdict, the influence chart, the span
+viewer's HTML, thumbnails of image queries and their sources, the counterfactual check and evidence packages, the UMAP map of the index and its on-disk
 cache, the listing and building of index directories, and reading and running evaluations.
 
 Streamlit-specific caching (``st.cache_resource`` for the engine, ``st.cache_data`` for derived
@@ -13,9 +13,12 @@ tested without a running app.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import functools
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -142,6 +145,17 @@ def attribute(engine, text: str, k: int):
         return engine.attribute(text, k=int(k))
 
 
+def attribute_image(engine, upload: ImageUpload | None, k: int):
+    """``engine.attribute_image`` on an uploaded image's bytes, serialised like
+    :func:`attribute`. Raises GIFError (an :class:`~gif_core.images.ImageError` for an image
+    that cannot be decoded)."""
+    if upload is None:
+        raise InputError("No image to trace. Upload a PNG, JPEG, GIF, WebP, BMP or TIFF file "
+                         "and press Trace sources.")
+    with _ATTRIBUTE_LOCK:
+        return engine.attribute_image(upload.data, k=int(k))
+
+
 @dataclass(frozen=True)
 class Verdict:
     found: bool
@@ -149,18 +163,54 @@ class Verdict:
     detail: str
 
 
-def verdict(att) -> Verdict:
-    """What the page says above the table: the source found, or that GIF abstains."""
+def verdict(att, *, image: bool = False) -> Verdict:
+    """What the page says above the table: the source found, or that GIF abstains.
+
+    ``image``: the query was an image, so the evidence is named in image terms (perceptual-hash
+    and embedding similarity) instead of shared text passages.
+    """
     headline, detail = att.verdict()
-    return Verdict(not att.abstained and bool(att.results), headline, detail)
+    found = not att.abstained and bool(att.results)
+    if image and att.results:
+        top = att.results[0]
+        if found:
+            detail = (f"Found by {', '.join(top.channels)}; perceptual-hash similarity "
+                      f"{top.verbatim:.2f}; embedding similarity {top.similarity:.2f}.")
+        else:
+            headline = f"No confident source (confidence {att.confidence:.0%})"
+            detail = (f"The nearest indexed image, {top.id}, has perceptual-hash similarity "
+                      f"{top.verbatim:.2f} and embedding similarity {top.similarity:.2f}: not "
+                      f"enough to tell a copy from a look-alike. The candidates are shown for "
+                      f"inspection.")
+    return Verdict(found, headline, detail)
 
 
 TABLE_COLUMNS = ["rank", "id", "fused score", "similarity", "BM25", "verbatim coverage",
                  "influence", "channels"]
 
 
-def results_table(att) -> pd.DataFrame:
-    """One row per result, best first. ``influence`` is the normalised support in [-1, 1]."""
+IMAGE_TABLE_COLUMNS = ["rank", "id", "fused score", "similarity", "perceptual hash",
+                       "influence", "channels"]
+"""For an image query: no BM25 (an image has no words) and the near-copy channel is the
+perceptual-hash similarity (pHash + dHash) instead of verbatim coverage."""
+
+
+def results_table(att, *, image: bool = False) -> pd.DataFrame:
+    """One row per result, best first. ``influence`` is the normalised support in [-1, 1].
+
+    ``image``: the query was an image; columns are :data:`IMAGE_TABLE_COLUMNS`.
+    """
+    if image:
+        return pd.DataFrame([{
+            "rank": r.rank,
+            "id": r.id,
+            "fused score": round(r.score, 4),
+            "similarity": round(r.similarity, 4),
+            "perceptual hash": round(r.verbatim, 4),
+            "influence": (None if r.influence_normalised is None
+                          else round(r.influence_normalised, 4)),
+            "channels": ", ".join(r.channels),
+        } for r in att.results], columns=IMAGE_TABLE_COLUMNS)
     rows = [{
         "rank": r.rank,
         "id": r.id,
@@ -573,8 +623,10 @@ def list_indexes(roots: Sequence[Path], current: Path | None = None) -> pd.DataF
 
 MAX_UPLOAD_BYTES = 1_000_000
 """Largest text file accepted by the Attribute page's upload (1 MB, the engine's query limit of
-1,000,000 characters in ASCII). ``.streamlit/config.toml`` sets Streamlit's own cap to 2 MB so
-that a larger file reaches this check and gets a message rather than a bare browser refusal."""
+1,000,000 characters in ASCII). The text uploader caps itself at :data:`TEXT_UPLOAD_WIDGET_MB`
+so that a larger file reaches this check and gets a message rather than a bare browser
+refusal."""
+TEXT_UPLOAD_WIDGET_MB = 2
 UPLOAD_TYPES = ("txt", "md")
 
 
@@ -596,6 +648,192 @@ def read_upload(name: str, data: bytes) -> str:
     if not text.strip():
         raise InputError(f"{name!r} is empty. Upload a file that holds the model output.")
     return text
+
+
+# -- image queries ---------------------------------------------------------------------------
+
+MAX_IMAGE_UPLOAD_BYTES = 20_000_000
+"""Largest image file accepted by the Attribute page on an image index (20 MB). Its pixels are
+limited separately, to :data:`gif_core.images.MAX_PIXELS` (64 megapixels), before any is
+decoded."""
+IMAGE_UPLOAD_WIDGET_MB = MAX_IMAGE_UPLOAD_BYTES // (1024 * 1024) + 2
+"""Streamlit's own cap for the image uploader (MiB), set above :data:`MAX_IMAGE_UPLOAD_BYTES` so
+that a file slightly over the limit reaches :func:`read_image_upload` and gets its message. The
+server refuses any upload over ``server.maxUploadSize`` whatever the widget says, so
+``.streamlit/config.toml`` sets that to this value."""
+IMAGE_UPLOAD_TYPES = ("png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff")
+THUMB_SIDE = 128
+"""Longest side of the thumbnails in the ranked gallery (pixels)."""
+COMPARE_SIDE = 320
+"""Longest side of the query and source in the side-by-side comparison (pixels)."""
+THUMB_QUALITY = 85
+
+
+def image_upload_label() -> str:
+    """The image uploader's label, stating the accepted types and both limits."""
+    from .images import MAX_PIXELS
+
+    return (f"An image ({', '.join(IMAGE_UPLOAD_TYPES)}), at most "
+            f"{MAX_IMAGE_UPLOAD_BYTES:,} bytes and {MAX_PIXELS:,} pixels")
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """An uploaded query image that decodes: its bytes (traced as they are), their SHA-256,
+    its size in pixels, and JPEG previews at most :data:`COMPARE_SIDE` (for the side-by-side
+    view) and :data:`THUMB_SIDE` (for the gallery) on the longest side."""
+
+    name: str
+    data: bytes = dataclasses.field(repr=False)
+    sha256: str
+    width: int
+    height: int
+    format: str
+    preview: bytes = dataclasses.field(repr=False)
+    thumbnail: bytes = dataclasses.field(repr=False)
+
+
+def _jpeg(image, side: int) -> bytes:
+    """An RGB PIL image as JPEG bytes, shrunk to ``side`` on its longest side (never enlarged)."""
+    from PIL import Image
+
+    im = image.copy()
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=THUMB_QUALITY)
+    return buf.getvalue()
+
+
+def read_image_upload(name: str, data: bytes) -> ImageUpload:
+    """Check and decode an uploaded query image. Raises InputError for a wrong type or a file
+    over :data:`MAX_IMAGE_UPLOAD_BYTES`, and :class:`~gif_core.images.ImageError` (with the
+    decoder's message: not an image, truncated, over the pixel limit...) for one that does not
+    decode."""
+    from .images import decode_image
+
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if suffix not in IMAGE_UPLOAD_TYPES:
+        raise InputError(f"{name!r} is a .{suffix or '(no extension)'} file; upload an image "
+                         f"({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This index holds "
+                         f"images; to trace a text, choose Text above.")
+    if len(data) > MAX_IMAGE_UPLOAD_BYTES:
+        raise InputError(f"{name!r} is {len(data):,} bytes; the limit is "
+                         f"{MAX_IMAGE_UPLOAD_BYTES:,} bytes. Re-encode it smaller (e.g. as JPEG "
+                         f"or at a lower resolution) and upload it again.")
+    decoded = decode_image(data, where=name, max_side=COMPARE_SIDE)
+    return ImageUpload(name=name, data=bytes(data), sha256=decoded.sha256, width=decoded.width,
+                       height=decoded.height, format=decoded.format,
+                       preview=_jpeg(decoded.image, COMPARE_SIDE),
+                       thumbnail=_jpeg(decoded.image, THUMB_SIDE))
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A source image as JPEG bytes (None when it cannot be shown) and a note for the reader:
+    why it is missing, or that the file changed since it was indexed."""
+
+    jpeg: bytes | None
+    note: str = ""
+
+
+def source_thumbnail(path: str | None, sha256: str | None, side: int) -> Thumbnail:
+    """The indexed image at ``path`` (a result's ``meta["path"]``) as a thumbnail. A missing or
+    unreadable file gives a note instead of an image; a file whose bytes no longer hash to the
+    indexed ``sha256`` is shown with a note saying so."""
+    from .images import ImageError, decode_image
+
+    if not path:
+        return Thumbnail(None, "no image path recorded in the index")
+    try:
+        decoded = decode_image(path, max_side=side)
+    except ImageError as exc:
+        return Thumbnail(None, f"not shown: {exc}")
+    note = ("" if not sha256 or decoded.sha256 == sha256 else
+            "the file changed since it was indexed (its SHA-256 differs)")
+    return Thumbnail(_jpeg(decoded.image, side), note)
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _figure(css: str, title: str, body: str, caption: str, sample_id: str | None,
+            note: str = "") -> str:
+    data_id = f' data-id="{html.escape(sample_id)}"' if sample_id is not None else ""
+    note_html = (f'<div class="gif-thumb-note" style="color:#b45309;font-size:0.8rem">'
+                 f"{html.escape(note)}</div>") if note else ""
+    return (f'<figure class="{css}"{data_id} style="margin:0;width:{THUMB_SIDE + 24}px;'
+            f'border:1px solid #ddd;border-radius:6px;padding:6px;text-align:center">'
+            f'<div style="font-weight:600;font-size:0.85rem;overflow-wrap:anywhere">'
+            f"{html.escape(title)}</div>{body}"
+            f'<figcaption style="font-size:0.78rem;color:#555;overflow-wrap:anywhere">'
+            f"{html.escape(caption)}</figcaption>{note_html}</figure>")
+
+
+def _img(jpeg: bytes | None, side: int, alt: str) -> str:
+    if jpeg is None:
+        return (f'<div style="width:{side}px;height:{side // 2}px;margin:6px auto;display:flex;'
+                f'align-items:center;justify-content:center;background:#f3f3f3;color:#777;'
+                f'font-size:0.8rem">no image</div>')
+    return (f'<img src="{_data_uri(jpeg)}" alt="{html.escape(alt)}" '
+            f'style="max-width:{side}px;max-height:{side}px;margin:6px auto;display:block">')
+
+
+def _caption_of(result) -> str:
+    """A result's caption (its indexed text), or "" when the image had none."""
+    snippet = result.snippet or ""
+    return "" if snippet == (result.meta or {}).get("path") else snippet
+
+
+def image_gallery_html(att, thumbnails: Sequence[Thumbnail], *, query: ImageUpload | None = None,
+                       query_text: str | None = None) -> str:
+    """The query (its image, or the text traced) and each ranked source as thumbnails, in rank
+    order, with id, fused score and caption. ``thumbnails[i]`` belongs to ``att.results[i]``."""
+    if query is not None:
+        head = _figure("gif-thumb gif-query-thumb", "Query",
+                       _img(query.thumbnail, THUMB_SIDE, query.name),
+                       f"{query.name}, {query.width}×{query.height}", None)
+    else:
+        text = query_text or ""
+        text = text if len(text) <= HOVER_CHARS else text[:HOVER_CHARS] + "…"
+        head = _figure("gif-thumb gif-query-thumb", "Query (text)",
+                       f'<div style="margin:6px 0;font-size:0.85rem">{html.escape(text)}</div>',
+                       "", None)
+    cards = [head]
+    for r, thumb in zip(att.results, thumbnails, strict=True):
+        cards.append(_figure("gif-thumb gif-source-thumb", f"{r.rank}. {r.id}",
+                             _img(thumb.jpeg, THUMB_SIDE, r.id),
+                             f"fused {r.score:.3f}" + (f" · {_caption_of(r)}"
+                                                       if _caption_of(r) else ""),
+                             r.id, thumb.note))
+    return ('<div class="gif-gallery" style="display:flex;flex-wrap:wrap;gap:10px;'
+            f'align-items:flex-start">{"".join(cards)}</div>')
+
+
+def image_compare_html(query: ImageUpload, result, source: Thumbnail) -> str:
+    """The query image and one source side by side at :data:`COMPARE_SIDE`, with the evidence
+    that links them."""
+    box = ("flex:1;min-width:0;border:1px solid #ddd;border-radius:6px;padding:10px;"
+           "text-align:center")
+    head = "font-weight:600;margin-bottom:6px;overflow-wrap:anywhere"
+    facts = (f"perceptual-hash similarity {result.verbatim:.3f} · embedding similarity "
+             f"{result.similarity:.3f} · channels: {', '.join(result.channels) or 'none'}")
+    same = ("identical bytes (same SHA-256)" if result.sha256 == query.sha256
+            else "different bytes")
+    caption = _caption_of(result)
+    note = (f'<div class="gif-thumb-note" style="color:#b45309">{html.escape(source.note)}'
+            f"</div>") if source.note else ""
+    return (
+        '<div class="gif-image-viewer" style="display:flex;gap:12px;align-items:flex-start">'
+        f'<div class="gif-query" style="{box}"><div style="{head}">Query: '
+        f"{html.escape(query.name)}</div>{_img(query.preview, COMPARE_SIDE, query.name)}"
+        f"<div>{query.width}×{query.height} {html.escape(query.format)}</div></div>"
+        f'<div class="gif-source" data-id="{html.escape(result.id)}" style="{box}">'
+        f'<div style="{head}">Source: {html.escape(result.id)}</div>'
+        f"{_img(source.jpeg, COMPARE_SIDE, result.id)}"
+        f"<div>{html.escape(caption)}</div>{note}</div></div>"
+        f'<div class="gif-image-facts" style="margin-top:6px;font-size:0.9rem">'
+        f"{html.escape(facts)}; {same}.</div>")
 
 
 # -- backends: in-process engine or a `gif serve` API ------------------------------------------
@@ -642,8 +880,19 @@ class LocalBackend:
     def size(self) -> int:
         return len(self.engine)
 
+    @property
+    def modality(self) -> str:
+        """"text" or "image": what the index holds."""
+        return self.engine.modality
+
+    images_supported = True
+    """Image queries can be traced (on an image index)."""
+
     def attribute(self, text: str, k: int):
         return attribute(self.engine, text, k)
+
+    def attribute_image(self, upload: ImageUpload | None, k: int):
+        return attribute_image(self.engine, upload, k)
 
     def source_text(self, result) -> str:
         return source_text(self.engine, result.id)
@@ -710,6 +959,18 @@ class RemoteBackend:
     def size(self) -> int:
         return int(self.info().get("samples") or 0)
 
+    @property
+    def modality(self) -> str:
+        return str(self.info().get("modality") or "text")
+
+    images_supported = False
+    """The API's /query takes text; image queries need the index in this process."""
+
+    def attribute_image(self, upload: ImageUpload | None, k: int):
+        raise BackendError(f"the backend {self.url} takes text queries only; trace images with "
+                           f"the index in this process (clear the backend URL) or with "
+                           f"`gif query INDEX --image FILE` on the machine that holds it.")
+
     def attribute(self, text: str, k: int):
         if not isinstance(text, str) or not text.strip():
             raise InputError("The query is empty. Paste a model output (or click an example) "
@@ -747,17 +1008,21 @@ class CounterfactualSummary:
     sentence: str
 
 
-def counterfactual_check(engine, text: str, k: int, *, steps: int = COUNTERFACTUAL_STEPS,
+def counterfactual_check(engine, query: str | ImageUpload, k: int, *,
+                         steps: int = COUNTERFACTUAL_STEPS,
                          controls: int = COUNTERFACTUAL_CONTROLS) -> CounterfactualSummary:
     """Retrain GIF's probe without the top-k results (and without k random samples, the
-    control) and say how much the query's loss moves. Serialised like :func:`attribute`."""
+    control) and say how much the query's loss moves. ``query`` is a text or an uploaded image.
+    Serialised like :func:`attribute`."""
     from .counterfactual import counterfactual
 
-    if not isinstance(text, str) or not text.strip():
+    image = query.data if isinstance(query, ImageUpload) else None
+    if image is None and (not isinstance(query, str) or not query.strip()):
         raise InputError("The query is empty; trace a text before the counterfactual check.")
     k = int(min(k, len(engine) - 1))
     with _ATTRIBUTE_LOCK:
-        out = counterfactual(engine, text, k=k, steps=steps, controls=controls)
+        out = counterfactual(engine, None if image is not None else query, k=k, steps=steps,
+                             controls=controls, image=image)
     effect = float(out["effect"])
     mean = out["control_effect_mean"]
     std = out["control_effect_std"]
@@ -1110,7 +1375,16 @@ def _cached(name: str):
             max_entries=2)(_fit_map)
     if name == "frame":
         return st.cache_data(show_spinner=False, max_entries=4)(_map_frame_cached)
+    if name == "thumb":
+        return st.cache_data(show_spinner=False, max_entries=2000)(source_thumbnail)
     raise KeyError(name)
+
+
+def cached_thumbnails(results: Sequence[Any], side: int = THUMB_SIDE) -> list[Thumbnail]:
+    """:func:`source_thumbnail` of each result's ``meta["path"]``, cached per server (the key
+    includes the indexed SHA-256, so a rebuilt index does not reuse stale notes)."""
+    get = _cached("thumb")
+    return [get((r.meta or {}).get("path"), r.sha256, side) for r in results]
 
 
 def cached_engine(directory: Path):

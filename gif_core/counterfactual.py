@@ -87,25 +87,36 @@ def counterfactual_effect(model: Probe, e: np.ndarray, y: np.ndarray, e_q: np.nd
     return out
 
 
-def counterfactual(engine, text: str, k: int = 10, steps: int = 30, controls: int = 3,
-                   rank: str = "attribution", seed: int = 0) -> dict[str, Any]:
+def counterfactual(engine, text: str | None, k: int = 10, steps: int = 30, controls: int = 3,
+                   rank: str = "attribution", seed: int = 0, *,
+                   image: bytes | None = None) -> dict[str, Any]:
     """Retrain ``engine``'s probe without the top-k samples attributed to ``text``.
 
     ``rank``: ``attribution`` removes the engine's top-k results; ``influence`` removes the k
     most supportive (most negative influence) among the top ``max(50, 5k)`` results.
+    ``image``: the query is these image bytes instead of ``text`` (an image index only; pass
+    ``text=None``); an :class:`~gif_core.images.ImageError` names an unusable image.
     """
+    if (image is None) == (text is None):
+        raise InputError("counterfactual: give a text or an image query, not both or neither.")
     if rank not in RANKINGS:
         raise ConfigError(f"counterfactual: rank must be one of {RANKINGS}, got {rank!r}.")
     if k < 1 or k >= len(engine):
         raise InputError(f"counterfactual: k must be in [1, {len(engine) - 1}], got {k}.")
     pool = k if rank == "attribution" else max(50, 5 * k)
-    att = engine.attribute(text, k=pool, influence=rank == "influence", spans=False)
+    if image is not None:
+        from .engine import ImageQuery
+
+        att = engine.attribute_image(image, k=pool, influence=rank == "influence")
+        e_y, lab_y, _ = engine.fingerprint_images([ImageQuery.from_source(image).image])
+    else:
+        att = engine.attribute(text, k=pool, influence=rank == "influence", spans=False)
+        e_y, lab_y, _ = engine.fingerprint([text])
     results = att.results
     if rank == "influence":
         results = sorted(results, key=lambda r: r.influence)
     chosen = results[:k]
     rows = np.array([r.row for r in chosen], dtype=np.int64)
-    e_y, lab_y, _ = engine.fingerprint([text])
     n = len(engine)
     e = np.asarray(engine.embeddings[:n], dtype=np.float32)
     y = np.asarray(engine.labels[:n], dtype=np.int64)

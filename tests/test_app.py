@@ -550,3 +550,212 @@ def test_evaluate_page_runs_and_shows_results(app_env, tmp_path, monkeypatch):
     at.text_input(key="eval_typed").set_value(str(tmp_path)).run()
     assert not at.exception
     assert any("holds no metrics.json" in e.value for e in at.error)
+
+
+# -- Attribute page on an image index -----------------------------------------------------------
+
+
+@pytest.fixture
+def image_app_env(stamp_index, tmp_path, monkeypatch):
+    """The app pointed at the session's stamp index; its stamps that were indexed."""
+    out, sources = stamp_index
+    monkeypatch.setenv(sup.INDEX_ENV, str(out))
+    monkeypatch.setenv(sup.CACHE_ENV, str(tmp_path / "cache"))
+    indexed = {json.loads(line)["id"]
+               for line in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()}
+    stamps = [s for s in sources if s.id in indexed]
+    assert len(stamps) >= 50
+    return out, stamps
+
+
+def upload_image(at, name: str, data: bytes):
+    at.file_uploader(key="image_upload").set_value((name, data, "image/png"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def press_trace(at):
+    next(b for b in at.button if b.label == "Trace sources").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def html_with(at, css_class: str) -> str:
+    bodies = [h.proto.body for h in at.get("html") if f'class="{css_class}"' in h.proto.body]
+    assert len(bodies) == 1, css_class
+    return bodies[0]
+
+
+def jpeg_size(data_uri: str) -> tuple[int, int]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert data_uri.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))) as im:
+        assert im.format == "JPEG"
+        return im.size
+
+
+def test_image_index_uploads_a_stamp_and_ranks_it_first(image_app_env):
+    from PIL import Image
+
+    _, stamps = image_app_env
+    stamp = stamps[17]
+    data = Path(stamp.meta["path"]).read_bytes()
+    at = run_app()
+    assert at.title[0].value == "Where did this image come from?"
+    assert at.radio(key="query_mode").value == "image"
+    assert not any(b.key and b.key.startswith("example_") for b in at.button)
+    assert sup.image_upload_label() == at.file_uploader(key="image_upload").label
+    upload_image(at, "generated.png", data)
+    assert not at.error
+    assert at.session_state["query_image"].sha256 == hashlib_sha256(data)
+    press_trace(at)
+    table = frame(at, "fused score")
+    assert list(table.columns) == sup.IMAGE_TABLE_COLUMNS
+    assert table.iloc[0]["id"] == stamp.id
+    assert table.iloc[0]["perceptual hash"] == pytest.approx(1.0, abs=1e-6)
+    assert "phash" in table.iloc[0]["channels"]
+    assert len(table) == 10 and table["fused score"].is_monotonic_decreasing
+    assert at.success and at.success[0].value.startswith(f"**Source found: {stamp.id}")
+    assert "perceptual-hash similarity 1.00" in at.success[0].value
+    assert not at.warning
+    # the gallery: the query's thumbnail first, then each source's in rank order
+    gallery = html_with(at, "gif-gallery")
+    ids = re.findall(r'class="gif-thumb gif-source-thumb" data-id="([^"]+)"', gallery)
+    assert ids == list(table["id"])
+    uris = re.findall(r'<img src="(data:image/jpeg;base64,[^"]+)"', gallery)
+    assert len(uris) == 11  # the query and ten sources, all readable from meta["path"]
+    with Image.open(stamp.meta["path"]) as original:
+        w, h = original.size
+    for uri in uris[:2]:  # the query and the top source are the same stamp
+        tw, th = jpeg_size(uri)
+        assert max(tw, th) == min(sup.THUMB_SIDE, max(w, h))
+        assert tw / th == pytest.approx(w / h, rel=0.05)
+    assert "gif-thumb-note" not in gallery
+    # side by side at a larger size, with the evidence named
+    viewer = html_with(at, "gif-image-viewer")
+    assert f'class="gif-source" data-id="{stamp.id}"' in viewer
+    assert "identical bytes (same SHA-256)" in viewer and "generated.png" in viewer
+    # the same influence chart as for text; evidence packages say they are for text queries
+    assert at.get("plotly_chart") and any(sup.INFLUENCE_CAPTION == c.value for c in at.caption)
+    assert any("Evidence packages" in i.value and "text queries" in i.value for i in at.info)
+    assert not any(b.key == "export_evidence" for b in at.button)
+    assert "last_query" not in at.session_state
+
+
+def hashlib_sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_image_counterfactual_check(image_app_env):
+    _, stamps = image_app_env
+    at = run_app()
+    upload_image(at, "stamp.png", Path(stamps[3].meta["path"]).read_bytes())
+    at.slider(key="k").set_value(5)
+    press_trace(at)
+    at.button(key="run_counterfactual").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cf = at.session_state["counterfactual"]["cf"]
+    assert cf.k == 5 and len(cf.control_effects) == sup.COUNTERFACTUAL_CONTROLS
+    assert cf.effect > max(cf.control_effects)
+    assert any(i.value == cf.sentence for i in at.info)
+
+
+def test_out_of_corpus_image_abstains(image_app_env):
+    from gif_core.image_data import fashion_mnist_corpus
+
+    photo = fashion_mnist_corpus(1).sources[0].read()  # a 28×28 photo of a T-shirt
+    at = press_trace(upload_image(run_app(), "shirt.png", photo))
+    assert at.warning and at.warning[0].value.startswith("**No confident source")
+    assert "not enough to tell a copy from a look-alike" in at.warning[0].value
+    assert not at.success
+    assert any(s.value == "Nearest candidates (not established sources)" for s in at.subheader)
+    assert any(c.value == sup.NO_SOURCE_CAPTION for c in at.caption)
+    assert len(frame(at, "perceptual hash")) == 10
+
+
+def _bomb() -> bytes:
+    from tests.test_images import png_with_header_size
+
+    return png_with_header_size(20000, 20000)
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("notes.png", b"a text file with an image's name\n", "not an image Pillow can read"),
+    ("half.png", None, "damaged or truncated PNG data"),
+    ("bomb.png", "bomb", "pixels (the limit against decompression bombs)"),
+    ("huge.png", b"\x89PNG" + b"\0" * sup.MAX_IMAGE_UPLOAD_BYTES,
+     f"the limit is {sup.MAX_IMAGE_UPLOAD_BYTES:,} bytes"),
+    ("empty.png", b"", "empty file (0 bytes)"),
+])
+def test_bad_image_upload_is_a_readable_message(image_app_env, name, data, words):
+    _, stamps = image_app_env
+    if data is None:
+        good = Path(stamps[0].meta["path"]).read_bytes()
+        data = good[: len(good) // 2]
+    elif data == "bomb":
+        data = _bomb()
+    at = upload_image(run_app(), name, data)
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert words in at.error[0].value and name in at.error[0].value
+    assert "Traceback" not in at.error[0].value
+    assert "query_image" not in at.session_state
+    # tracing without a usable image says so, rather than tracing nothing
+    press_trace(at)
+    assert any("No image to trace" in e.value for e in at.error)
+    assert not at.dataframe
+
+
+def test_wrong_image_type_is_refused_by_name():
+    """The uploader's ``type`` list makes the browser refuse a .pdf (and Streamlit refuses it
+    again on the server); :func:`read_image_upload` checks too, for any other caller."""
+    with pytest.raises(GIFError, match=r"'scan.pdf' is a .pdf file; upload an image \(.png"):
+        sup.read_image_upload("scan.pdf", b"%PDF-1.7")
+    with pytest.raises(GIFError, match="choose Text above"):
+        sup.read_image_upload("notes", b"hello")
+
+
+def test_streamlit_upload_cap_lets_limits_be_named():
+    """The server refuses uploads over ``server.maxUploadSize`` before the page sees them; it
+    must let an image just over the app's own limit through, so that the page can name it."""
+    import tomllib
+
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    cap_mib = config["server"]["maxUploadSize"]
+    assert cap_mib >= sup.IMAGE_UPLOAD_WIDGET_MB
+    assert sup.IMAGE_UPLOAD_WIDGET_MB * 1024 * 1024 > sup.MAX_IMAGE_UPLOAD_BYTES
+    assert sup.TEXT_UPLOAD_WIDGET_MB * 1024 * 1024 > sup.MAX_UPLOAD_BYTES
+
+
+def test_text_query_on_image_index_shows_source_thumbnails(image_app_env):
+    _, stamps = image_app_env
+    stamp = stamps[8]
+    at = run_app()
+    at.radio(key="query_mode").set_value("text").run()
+    at = trace(at, stamp.caption, k=5)
+    assert list(frame(at, "fused score").columns) == sup.TABLE_COLUMNS
+    gallery = html_with(at, "gif-gallery")
+    ids = re.findall(r'class="gif-thumb gif-source-thumb" data-id="([^"]+)"', gallery)
+    assert stamp.id in ids
+    assert "Query (text)" in gallery and len(re.findall(r"<img src=", gallery)) == 5
+
+
+def test_source_thumbnail_notes(tmp_path, image_app_env):
+    _, stamps = image_app_env
+    path = stamps[0].meta["path"]
+    assert sup.source_thumbnail(None, None, 64) == sup.Thumbnail(
+        None, "no image path recorded in the index")
+    missing = sup.source_thumbnail(str(tmp_path / "gone.png"), "0" * 64, 64)
+    assert missing.jpeg is None and missing.note.startswith("not shown: ")
+    assert "no such file" in missing.note
+    changed = sup.source_thumbnail(path, "0" * 64, 64)
+    assert changed.jpeg is not None and "changed since it was indexed" in changed.note
+    same = sup.source_thumbnail(path, hashlib_sha256(Path(path).read_bytes()), 64)
+    assert same.jpeg is not None and same.note == ""

@@ -3,7 +3,8 @@ session's 300 Wikipedia summaries), driven in Debian's chromium with Playwright:
 sentence and see its source first, run the counterfactual check, export evidence and verify it,
 visit the Clusters and Index pages, and run a small evaluation on the Evaluate page. The time
 from pressing Trace sources to rendered results is printed and written to ``timings.json``
-beside the screenshots.
+beside the screenshots. A second server opens a small stamp image index: upload a stamp, see it
+ranked first with thumbnails; upload a broken file, see the decoder's message.
 
 Marked ``browser`` (deselected by default): ``bash scripts/test.sh -m browser``. Needs
 ``/usr/bin/chromium`` (``apt-get install chromium``, or ``GIF_BROWSER_TESTS=1 bash
@@ -102,10 +103,19 @@ def shots(tmp_path_factory) -> Path:
     return out
 
 
+PORTS = range(8700, 8800)
+"""Ports the test servers may use (on 127.0.0.1): the first free one is taken."""
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port on 127.0.0.1 in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def _log_tail(path: Path, n: int = 4000) -> str:
@@ -115,9 +125,8 @@ def _log_tail(path: Path, n: int = 4000) -> str:
         return "(no log)"
 
 
-@pytest.fixture(scope="module")
-def server(playwright_api, small_index, tmp_path_factory):
-    """``streamlit run app.py`` on 127.0.0.1 and a free port, pointed at ``small_index``; its
+def _serve(index: Path, tmp_path_factory):
+    """``streamlit run app.py`` on 127.0.0.1 and a free port, pointed at ``index``; yields its
     base URL. The server is always stopped afterwards."""
     work = tmp_path_factory.mktemp("streamlit")
     log = work / "server.log"
@@ -130,7 +139,7 @@ def server(playwright_api, small_index, tmp_path_factory):
            "--server.address", "127.0.0.1", "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-           "--", "--index", str(small_index)]
+           "--", "--index", str(index)]
     env.pop("GIF_API_URL", None)  # in-process engine
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -160,6 +169,18 @@ def server(playwright_api, small_index, tmp_path_factory):
             proc.wait(timeout=15)
     # a Python traceback in the server log means a page failed even if the DOM looked fine
     assert "Traceback" not in _log_tail(log, 200_000), _log_tail(log)
+
+
+@pytest.fixture(scope="module")
+def server(playwright_api, small_index, tmp_path_factory):
+    """The app on the session's 300 Wikipedia summaries; its base URL."""
+    yield from _serve(small_index, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def image_server(playwright_api, stamp_index, tmp_path_factory):
+    """The app on the session's stamp image index; its base URL."""
+    yield from _serve(stamp_index[0], tmp_path_factory)
 
 
 def _first_sentence(text: str) -> str:
@@ -354,3 +375,73 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     # collapse the form so that the screenshot shows the results
     page.get_by_text("Run a small evaluation on the loaded index").click()
     _shoot(page, shots / "evaluate.png")
+
+
+STAMP = 17  # the listed stamp that is uploaded
+
+
+def test_image_upload_in_chromium(image_server, page, shots, stamp_index, tmp_path):
+    from playwright.sync_api import expect
+
+    index, sources = stamp_index
+    indexed = {json.loads(line)["id"]
+               for line in (index / "samples.jsonl").read_text(encoding="utf-8").splitlines()}
+    stamp = [s for s in sources if s.id in indexed][STAMP]
+    upload = tmp_path / "generated.png"  # a copy under another name, as a user would have it
+    upload.write_bytes(Path(stamp.meta["path"]).read_bytes())
+
+    page.goto(image_server)
+    page.get_by_role("heading", name="Where did this image come from?").wait_for()
+    _wait_idle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(upload))
+    page.get_by_text(re.compile(r"^generated\.png: \d+×\d+ PNG, SHA-256 ")).wait_for()
+    _wait_idle(page)
+    _click(page, "Trace sources")
+    verdict = page.locator('[data-testid="stAlertContentSuccess"]')
+    verdict.wait_for()
+    assert f"Source found: {stamp.id}" in verdict.inner_text()
+    _wait_idle(page)
+    _no_exception(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    assert _grid_row(grid, 0)[:2] == ["1", stamp.id]
+    # thumbnails of the query and of each source, decoded by the browser
+    gallery = page.locator(".gif-gallery")
+    gallery.wait_for()
+    first = gallery.locator("figure.gif-source-thumb").first
+    assert first.get_attribute("data-id") == stamp.id
+    images = gallery.locator("img")
+    assert images.count() == 11  # the query and 10 sources
+    widths = images.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert all(0 < w <= 128 for w in widths), widths
+    viewer = page.locator(".gif-image-viewer")
+    assert f"Source: {stamp.id}" in viewer.inner_text()
+    assert "identical bytes (same SHA-256)" in page.locator(".gif-image-facts").inner_text()
+    notice = page.locator('[data-testid="stAlertContentInfo"]').filter(
+        has_text="Evidence packages")
+    expect(notice).to_have_count(1)
+    assert "made for text queries" in notice.inner_text()
+    _shoot(page, shots / "attribute-image.png")
+
+    # a broken file with an image's name: the decoder's message, no traceback
+    broken = tmp_path / "half.png"
+    data = upload.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(broken))
+    error = page.locator('[data-testid="stAlertContentError"]')
+    expect(error).to_contain_text("half.png: damaged or truncated PNG data")
+    _wait_idle(page)
+    _no_exception(page)
+    _shoot(page, shots / "attribute-image-error.png")
+
+    # a 3 MB photo-sized image passes Streamlit's upload cap and decodes
+    import numpy as np
+    from PIL import Image
+
+    noise = tmp_path / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(noise)
+    assert noise.stat().st_size > 2_500_000
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(noise))
+    page.get_by_text(re.compile(r"^noise\.png: 1000×1000 PNG, SHA-256 ")).wait_for()
+    _wait_idle(page)
+    _no_exception(page)
