@@ -146,7 +146,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
         ids = path.read_text(encoding="utf-8").splitlines()
     else:
         ids = args.ids.split(",")
-    manifest = remove_samples(args.index, ids)
+    try:
+        manifest = remove_samples(args.index, ids)
+    except InputError as exc:
+        if args.ids is not None and "," in args.ids:
+            raise InputError(f"{exc} --ids splits at commas; for ids that contain one, list "
+                             f"them one a line in --ids-file.") from None
+        raise
     change = manifest["changes"][-1]
     print(f"removed {change['samples']:,} samples from {args.index}; index version "
           f"{manifest['index_version']} ({manifest['counts']['removed']:,} removed in all)")

@@ -228,6 +228,13 @@ def check_queries(engine: Engine, queries: Sequence[Query]) -> None:
         raise InputError(f"{len(unknown)} source id(s) are not in the index, e.g. "
                          f"{unknown[:3]}. Fix the query file's source_ids, or use the index the "
                          f"queries were written for.")
+    removed = set(np.asarray(getattr(engine, "removed", ()), dtype=np.int64).tolist())
+    taken_down = sorted({sid for q in queries for sid in q.source_ids
+                         if engine.samples.row_of(sid) in removed})
+    if taken_down:
+        raise InputError(f"{len(taken_down)} source id(s) were removed from the index (`gif "
+                         f"remove`), e.g. {taken_down[:3]}; no method can return them. Drop "
+                         f"those queries, or evaluate on the index before the takedown.")
 
 
 def run_eval(engine: Engine, queries: Sequence[Query], out: str | Path, *,

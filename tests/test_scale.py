@@ -220,6 +220,12 @@ def test_add_then_remove(small_built, wiki_slice, encoder):
         assert len(att.results) == 10 and att.index_version == 3
     assert engine.samples.record(3)["text"] == ""  # the text itself is deleted
     assert all(sid not in gone for sid, _ in engine.samples.id_text_pairs())
+    # an evaluation cannot be scored against a taken-down source
+    from gif_core.evaluate import check_queries
+    from gif_core.queries import Query
+
+    with pytest.raises(InputError, match="removed from the index"):
+        check_queries(engine, [Query("q1", added[5].text, [added[5].id], "exact")])
 
 
 def test_remove_unknown_or_repeated_ids_changes_nothing(small_built, wiki_slice):
