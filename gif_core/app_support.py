@@ -630,16 +630,23 @@ TEXT_UPLOAD_WIDGET_MB = 2
 UPLOAD_TYPES = ("txt", "md")
 
 
+def _check_upload(name: str, data: bytes, types: Sequence[str], limit: int, type_fix: str,
+                  size_fix: str) -> None:
+    """Refuse an upload of the wrong type or over ``limit`` bytes, naming the fix."""
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if suffix not in types:
+        raise InputError(f"{name!r} is a .{suffix or '(no extension)'} file; {type_fix}")
+    if len(data) > limit:
+        raise InputError(f"{name!r} is {len(data):,} bytes; the limit is {limit:,} bytes. "
+                         f"{size_fix}")
+
+
 def read_upload(name: str, data: bytes) -> str:
     """The text of an uploaded model output. Raises InputError naming the problem and the fix."""
-    suffix = Path(name).suffix.lower().lstrip(".")
-    if suffix not in UPLOAD_TYPES:
-        raise InputError(f"{name!r} is a .{suffix or '(no extension)'} file; upload the model "
-                         f"output as plain text ({', '.join('.' + t for t in UPLOAD_TYPES)}), "
-                         f"or paste it into the text box.")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InputError(f"{name!r} is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,} "
-                         f"bytes. Upload the passage you want traced, not the whole document.")
+    _check_upload(name, data, UPLOAD_TYPES, MAX_UPLOAD_BYTES,
+                  f"upload the model output as plain text "
+                  f"({', '.join('.' + t for t in UPLOAD_TYPES)}), or paste it into the text box.",
+                  "Upload the passage you want traced, not the whole document.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -711,15 +718,11 @@ def read_image_upload(name: str, data: bytes) -> ImageUpload:
     decode."""
     from .images import decode_image
 
-    suffix = Path(name).suffix.lower().lstrip(".")
-    if suffix not in IMAGE_UPLOAD_TYPES:
-        raise InputError(f"{name!r} is a .{suffix or '(no extension)'} file; upload an image "
-                         f"({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This index holds "
-                         f"images; to trace a text, choose Text above.")
-    if len(data) > MAX_IMAGE_UPLOAD_BYTES:
-        raise InputError(f"{name!r} is {len(data):,} bytes; the limit is "
-                         f"{MAX_IMAGE_UPLOAD_BYTES:,} bytes. Re-encode it smaller (e.g. as JPEG "
-                         f"or at a lower resolution) and upload it again.")
+    _check_upload(name, data, IMAGE_UPLOAD_TYPES, MAX_IMAGE_UPLOAD_BYTES,
+                  f"upload an image ({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This "
+                  f"index holds images; to trace a text, choose Text above.",
+                  "Re-encode it smaller (e.g. as JPEG or at a lower resolution) and upload it "
+                  "again.")
     decoded = decode_image(data, where=name, max_side=COMPARE_SIDE)
     return ImageUpload(name=name, data=bytes(data), sha256=decoded.sha256, width=decoded.width,
                        height=decoded.height, format=decoded.format,

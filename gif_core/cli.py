@@ -391,10 +391,11 @@ def cmd_influence_check(args: argparse.Namespace) -> int:
     if args.depth or args.batch_size or args.damping is not None:
         from dataclasses import asdict
 
-        from .config import InfluenceConfig
-        from .engine import Engine
+        from .config import BuildConfig, InfluenceConfig
+        from .store import read_manifest
 
-        stored = Engine(args.index).config.influence
+        # the index's own settings, read from its manifest (check_index loads the engine once)
+        stored = BuildConfig.from_dict(read_manifest(Path(args.index))["config"]).influence
         influence = InfluenceConfig(**{**asdict(stored),
                                        **({"depth": args.depth} if args.depth else {}),
                                        **({"batch_size": args.batch_size} if args.batch_size
