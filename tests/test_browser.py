@@ -295,6 +295,11 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     # accessible table)
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for()
+    # the grid's canvas can lag the verdict by a redraw: give it a few seconds to show this
+    # query's rows before comparing
+    deadline = time.monotonic() + 10
+    while _grid_row(grid, 0)[:2] != ["1", sample.id] and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
     assert _grid_row(grid, 0)[:2] == ["1", sample.id]
     # the pasted sentence is one shared span, highlighted on both sides
     viewer = page.locator(".gif-viewer")
