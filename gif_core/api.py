@@ -2,13 +2,27 @@
 
     POST /query     {"text": ..., "k": 10, "influence": true}  -> attribution JSON
                     (schema: gif_core/schemas/attribution.schema.json, as `gif query --json`)
+    POST /query/image
+                    {"image_base64": ..., "name": "photo.png", "k": 10, "influence": true}
+                    -> attribution JSON (same schema, as `gif query --image FILE --json`);
+                    image index only
     POST /evidence  {"text": ..., "k": 10}   -> the content of an evidence.json
-    GET  /info      manifest summary of the index
+    POST /evidence/image
+                    {"image_base64": ..., "name": "photo.png", "k": 10}  -> the content of an
+                    image query's evidence.json; the client, which has the image, writes the
+                    package with ``gif_core.evidence.write_package(ev, out, query_image=bytes)``
+    GET  /info      manifest summary of the index (``image_queries``: whether /query/image and
+                    /evidence/image answer)
     GET  /health    {"status": "ok"} (never needs a token)
     GET  /openapi.json, /docs   FastAPI's OpenAPI schema and viewer
 
 The engine is loaded once, when the app is made; requests run in FastAPI's thread pool and are
 serialised with a lock, because the engine's torch thread settings are process-global.
+
+An uploaded image gets the checks of the explorer's upload (``app_support.check_image_upload``):
+an accepted type by its name's extension, at most ``MAX_IMAGE_UPLOAD_BYTES`` (20 MB) of decoded
+bytes, then the decoder's own limits (64 megapixels, damaged or not an image). ``image_base64``
+is standard base64 of the file's bytes; a ``data:image/...;base64,`` prefix is accepted.
 
 Errors come back as JSON ``{"error": "..."}``: a user error (:class:`GIFError`) as HTTP 400, a
 malformed body as 422, a missing or wrong token as 401, anything else as 500 with no stack trace
@@ -21,9 +35,12 @@ set, every endpoint except ``/health`` needs ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,6 +72,57 @@ class QueryBody(BaseModel):
 class EvidenceBody(BaseModel):
     text: str = Field(description="the model output to trace")
     k: int = Field(10, ge=1, le=MAX_K, description="results recorded")
+
+
+class ImageQueryBody(BaseModel):
+    image_base64: str = Field(description="the image file's bytes, base64-encoded (a "
+                                          "data:image/...;base64, prefix is accepted)")
+    name: str = Field("query.png", min_length=1, max_length=255,
+                      description="the file's name; its extension must be an accepted image "
+                                  "type (png, jpg, jpeg, gif, webp, bmp, tif, tiff)")
+    k: int = Field(10, ge=1, le=MAX_K, description="results returned")
+    influence: bool = Field(True, description="compute influence evidence")
+
+
+class ImageEvidenceBody(BaseModel):
+    image_base64: str = Field(description="the image file's bytes, base64-encoded")
+    name: str = Field("query.png", min_length=1, max_length=255,
+                      description="the file's name (recorded in the evidence)")
+    k: int = Field(10, ge=1, le=MAX_K, description="results recorded")
+
+
+_DATA_URI = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+
+
+def decode_image_body(image_base64: str, name: str) -> bytes:
+    """The bytes of an uploaded image, after the explorer's upload checks (type by name, size,
+    and that it decodes).
+
+    Raises:
+        InputError: not base64, or the upload checks refuse it; an
+            :class:`~gif_core.images.ImageError` naming ``name`` when it does not decode.
+    """
+    from .app_support import MAX_IMAGE_UPLOAD_BYTES, check_image_upload
+
+    s = image_base64.strip()
+    m = _DATA_URI.match(s)
+    if m:
+        s = s[m.end():]
+    # refuse an oversized body before decoding it (4 base64 characters per 3 bytes)
+    if len(s) > 4 * (MAX_IMAGE_UPLOAD_BYTES // 3 + 1) + 4:
+        raise InputError(f"{name!r} is over {MAX_IMAGE_UPLOAD_BYTES:,} bytes (its base64 has "
+                         f"{len(s):,} characters); the limit is {MAX_IMAGE_UPLOAD_BYTES:,} "
+                         f"bytes. Re-encode it smaller (e.g. as JPEG or at a lower resolution).")
+    try:
+        data = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"image_base64 is not valid base64 ({exc}). Send the file's bytes "
+                         f"base64-encoded, e.g. `base64 -w0 photo.png`.") from None
+    check_image_upload(name, data)
+    from .images import decode_image
+
+    decode_image(data, where=name, max_side=64)  # a bad image is named by its file name
+    return data
 
 
 def is_loopback(host: str) -> bool:
@@ -110,6 +178,7 @@ def manifest_summary(engine) -> dict[str, Any]:
         "built_with": m.get("versions"),
         "abstention_threshold": getattr(engine.ranker, "threshold", None),
         "device": str(engine.device),
+        "image_queries": m.get("modality") == "image",
     }
 
 
@@ -164,8 +233,9 @@ def create_app(index_dir: str | Path, *, token: str | None = None, engine=None,
         for e in exc.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
-        return error(422, "invalid request: " + "; ".join(parts)
-                     + '. Send JSON like {"text": "...", "k": 10}.')
+        example = ('{"image_base64": "...", "name": "photo.png", "k": 10}'
+                   if request.url.path.endswith("/image") else '{"text": "...", "k": 10}')
+        return error(422, "invalid request: " + "; ".join(parts) + f". Send JSON like {example}.")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
@@ -191,6 +261,21 @@ def create_app(index_dir: str | Path, *, token: str | None = None, engine=None,
     def evidence(body: EvidenceBody) -> JSONResponse:
         with lock:
             ev = build_evidence(engine, body.text, k=body.k)
+        return JSONResponse(ev)
+
+    @app.post("/query/image")
+    def query_image(body: ImageQueryBody) -> JSONResponse:
+        data = decode_image_body(body.image_base64, body.name)
+        with lock:
+            att = engine.attribute_image(data, k=body.k, influence=body.influence).to_dict()
+        validate_attribution(att)
+        return JSONResponse(att)
+
+    @app.post("/evidence/image")
+    def evidence_image(body: ImageEvidenceBody) -> JSONResponse:
+        data = decode_image_body(body.image_base64, body.name)
+        with lock:
+            ev = build_evidence(engine, data, k=body.k, name=body.name)
         return JSONResponse(ev)
 
     return app

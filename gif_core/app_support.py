@@ -437,14 +437,24 @@ def umap_map(directory: Path, embeddings: np.ndarray, *, need_model: bool,
     return UmapMap(rows, coords, model, False)
 
 
-def place_query(engine, umap_model, sample_rows_: np.ndarray, coords: np.ndarray, text: str,
-                source_ids: Sequence[str]) -> pd.DataFrame:
+def place_query(engine, umap_model, sample_rows_: np.ndarray, coords: np.ndarray,
+                query: str | ImageUpload, source_ids: Sequence[str]) -> pd.DataFrame:
     """Positions of the query and its sources in the map: ``umap_model.transform`` of their
-    embeddings (a source that is in the mapped sample keeps its mapped position)."""
+    embeddings (a source that is in the mapped sample keeps its mapped position).
+
+    ``query`` is a text, or on an image index an uploaded image, embedded as the engine embeds
+    it for a query (:meth:`~gif_core.engine.Engine.fingerprint_images`)."""
     pos_of = {int(r): i for i, r in enumerate(sample_rows_)}
-    e_query = engine.encoder.encode([text])
+    if isinstance(query, ImageUpload):
+        from .engine import ImageQuery
+
+        e_query = engine.fingerprint_images([ImageQuery.from_source(query.data).image])[0]
+        hover = f"{query.name} ({query.width}×{query.height} {query.format})"
+    else:
+        e_query = engine.encoder.encode([query])
+        hover = query[:HOVER_CHARS]
     points = [{"kind": "query", "id": "your query", "rank": 0,
-               "text": text[:HOVER_CHARS], "vec": e_query[0], "row": None}]
+               "text": hover[:HOVER_CHARS], "vec": e_query[0], "row": None}]
     for rank, sid in enumerate(source_ids, 1):
         row = engine.samples.row_of(sid)
         if row is None:
@@ -684,6 +694,17 @@ def image_upload_label() -> str:
             f"{MAX_IMAGE_UPLOAD_BYTES:,} bytes and {MAX_PIXELS:,} pixels")
 
 
+def check_image_upload(name: str, data: bytes) -> None:
+    """Refuse an image upload of the wrong type (by its name) or over
+    :data:`MAX_IMAGE_UPLOAD_BYTES`; the same check for the page's uploader and `gif serve`'s
+    image endpoints. Raises InputError naming the fix."""
+    _check_upload(name, data, IMAGE_UPLOAD_TYPES, MAX_IMAGE_UPLOAD_BYTES,
+                  f"upload an image ({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This "
+                  f"index holds images; to trace a text, choose Text above.",
+                  "Re-encode it smaller (e.g. as JPEG or at a lower resolution) and upload it "
+                  "again.")
+
+
 @dataclass(frozen=True)
 class ImageUpload:
     """An uploaded query image that decodes: its bytes (traced as they are), their SHA-256,
@@ -718,11 +739,7 @@ def read_image_upload(name: str, data: bytes) -> ImageUpload:
     decode."""
     from .images import decode_image
 
-    _check_upload(name, data, IMAGE_UPLOAD_TYPES, MAX_IMAGE_UPLOAD_BYTES,
-                  f"upload an image ({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This "
-                  f"index holds images; to trace a text, choose Text above.",
-                  "Re-encode it smaller (e.g. as JPEG or at a lower resolution) and upload it "
-                  "again.")
+    check_image_upload(name, data)
     decoded = decode_image(data, where=name, max_side=COMPARE_SIDE)
     return ImageUpload(name=name, data=bytes(data), sha256=decoded.sha256, width=decoded.width,
                        height=decoded.height, format=decoded.format,
@@ -966,13 +983,29 @@ class RemoteBackend:
     def modality(self) -> str:
         return str(self.info().get("modality") or "text")
 
-    images_supported = False
-    """The API's /query takes text; image queries need the index in this process."""
+    @property
+    def images_supported(self) -> bool:
+        """The server answers /query/image (an image index served by a GIF that has it)."""
+        return bool(self.info().get("image_queries"))
+
+    def _image_body(self, upload: ImageUpload | None, k: int) -> dict[str, Any]:
+        if upload is None:
+            raise InputError("No image to trace. Upload a PNG, JPEG, GIF, WebP, BMP or TIFF "
+                             "file and press Trace sources.")
+        if not self.images_supported:
+            raise BackendError(f"the backend {self.url} takes text queries only; trace images "
+                               f"with the index in this process (clear the backend URL) or with "
+                               f"`gif query INDEX --image FILE` on the machine that holds it.")
+        return {"image_base64": base64.b64encode(upload.data).decode("ascii"),
+                "name": upload.name, "k": int(k)}
 
     def attribute_image(self, upload: ImageUpload | None, k: int):
-        raise BackendError(f"the backend {self.url} takes text queries only; trace images with "
-                           f"the index in this process (clear the backend URL) or with "
-                           f"`gif query INDEX --image FILE` on the machine that holds it.")
+        data = self._request("POST", "/query/image", self._image_body(upload, k))
+        return attribution_from_dict(data)
+
+    def evidence_image(self, upload: ImageUpload | None, k: int) -> dict[str, Any]:
+        data = self._request("POST", "/evidence/image", self._image_body(upload, k))
+        return self._check_evidence(data)
 
     def attribute(self, text: str, k: int):
         if not isinstance(text, str) or not text.strip():
@@ -982,7 +1015,10 @@ class RemoteBackend:
         return attribution_from_dict(data)
 
     def evidence(self, text: str, k: int) -> dict[str, Any]:
-        data = self._request("POST", "/evidence", {"text": text, "k": int(k)})
+        return self._check_evidence(self._request("POST", "/evidence",
+                                                  {"text": text, "k": int(k)}))
+
+    def _check_evidence(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict) or not all(key in data for key in
                                                  ("query", "attribution", "index")):
             raise BackendError(f"the backend {self.url} answered /evidence without query, "
@@ -1074,23 +1110,36 @@ def evidence_dir() -> Path:
     return cache_root() / "evidence"
 
 
-def export_evidence_zip(backend, text: str, k: int, out_dir: Path | None = None) -> Path:
-    """Write an evidence package (.zip) for ``text`` and return its path.
+def export_evidence_zip(backend, query: str | ImageUpload | None, k: int,
+                        out_dir: Path | None = None) -> Path:
+    """Write an evidence package (.zip) for ``query`` (a text, or an uploaded image: the package
+    then stores its bytes) and return its path.
 
     In-process, :func:`gif_core.evidence.export_evidence` runs the query; with a `gif serve`
-    backend, the server builds ``evidence.json`` and the package is written here from it.
+    backend, the server builds ``evidence.json`` and the package is written here from it (with
+    the uploaded bytes, for an image).
     """
     from . import evidence as ev
 
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("The query is empty; trace a text before exporting evidence.")
+    image = query if isinstance(query, ImageUpload) else None
+    if image is None and (not isinstance(query, str) or not query.strip()):
+        raise InputError("The query is empty; trace a text or an image before exporting "
+                         "evidence.")
     out_dir = Path(out_dir) if out_dir is not None else evidence_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out = out_dir / f"gif-evidence-{ev.sha256_text(text)[:12]}-k{int(k)}-{stamp}.zip"
+    sha = image.sha256 if image is not None else ev.sha256_text(query)
+    kind = "-image" if image is not None else ""
+    out = out_dir / f"gif-evidence{kind}-{sha[:12]}-k{int(k)}-{stamp}.zip"
     if backend.remote:
-        return ev.write_package(backend.evidence(text, int(k)), out, zip=True)
+        if image is not None:
+            return ev.write_package(backend.evidence_image(image, int(k)), out, zip=True,
+                                    query_image=image.data)
+        return ev.write_package(backend.evidence(query, int(k)), out, zip=True)
     with _ATTRIBUTE_LOCK:
-        return ev.export_evidence(backend.engine, text, out, k=int(k), zip=True)
+        if image is not None:
+            return ev.export_evidence(backend.engine, image.data, out, k=int(k), zip=True,
+                                      name=image.name)
+        return ev.export_evidence(backend.engine, query, out, k=int(k), zip=True)
 
 
 @dataclass(frozen=True)

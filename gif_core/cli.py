@@ -13,6 +13,9 @@
     gif eval INDEX --generate word_drop,typos,out_of_corpus --out DIR
     gif eval INDEX --queries Q.jsonl --out DIR
     gif info INDEX
+    gif evidence INDEX (--text "..." | --image PATH) --out DIR [--zip]
+    gif verify DIR                      re-run an evidence package and compare
+    gif serve INDEX                     HTTP API (POST /query, /query/image, /evidence, ...)
     gif influence-check INDEX --json [--queries N] [--subsets M] [--solvers lissa,cg,...]
     gif counterfactual INDEX --text "..." [-k 10]
 """
@@ -348,12 +351,24 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .evidence import EVIDENCE_FILE, export_evidence
 
-    if not args.text.strip():
+    if (args.text is None) == (args.image is None):
+        raise InputError("give exactly one of --text (the model output to trace) or --image "
+                         "(an image file, on an image index).")
+    if args.text is not None and not args.text.strip():
         raise InputError("--text is empty or whitespace only. Paste the model output to trace.")
+    query: str | bytes = args.text
+    if args.image is not None:
+        from .images import read_image_bytes
+
+        query = read_image_bytes(args.image)  # an unreadable path fails before the index loads
     engine = Engine.load(args.index, device=args.device)
-    out = export_evidence(engine, args.text, args.out, k=args.k, zip=args.zip)
-    print(f"wrote {out}" + ("" if args.zip else f" ({EVIDENCE_FILE}, report.html, query.txt, "
-                                                 f"query.jsonl)"))
+    out = export_evidence(engine, query, args.out, k=args.k, zip=args.zip,
+                          name=Path(args.image).name if args.image is not None else None)
+    if args.zip:
+        print(f"wrote {out}")
+    else:
+        stored = sorted(p.name for p in Path(out).iterdir() if p.name != EVIDENCE_FILE)
+        print(f"wrote {out} ({', '.join([EVIDENCE_FILE, *stored])})")
     print(f"check it later with: gif verify {out}")
     return 0
 
@@ -537,7 +552,8 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evidence", help="write a re-checkable evidence package for one query")
     ev.add_argument("index")
-    ev.add_argument("--text", required=True, help="the model output to trace")
+    ev.add_argument("--text", help="the model output to trace")
+    ev.add_argument("--image", help="an image file to trace (image index); stored in the package")
     ev.add_argument("--out", required=True, help="folder to write (or .zip with --zip)")
     ev.add_argument("--zip", action="store_true", help="write one .zip file instead")
     ev.add_argument("-k", type=int, default=10)
@@ -551,7 +567,8 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--device", default="auto")
     vf.set_defaults(func=cmd_verify)
 
-    sv = sub.add_parser("serve", help="HTTP API over an index (POST /query, /evidence; GET "
+    sv = sub.add_parser("serve", help="HTTP API over an index (POST /query, /evidence, and "
+                                      "/query/image, /evidence/image on an image index; GET "
                                       "/info, /health, /openapi.json)")
     sv.add_argument("index")
     sv.add_argument("--host", default="127.0.0.1",

@@ -125,12 +125,10 @@ if submitted or st.session_state.pop("run_pending", False):
         st.stop()
     st.session_state["attribution"] = {"text": text, "image": query_image, "att": att,
                                        "index": backend.label, "k": k}
-    if mode == "image":
-        # the Clusters page places text queries; an image query leaves it without one
-        st.session_state.pop("last_query", None)
-    else:
-        st.session_state["last_query"] = {"text": text, "index": backend.label,
-                                          "source_ids": [r.id for r in att.results]}
+    # the Clusters page places the last query (a text, or an image) and its top sources
+    st.session_state["last_query"] = {"text": text, "index": backend.label,
+                                      "image": query_image if mode == "image" else None,
+                                      "source_ids": [r.id for r in att.results]}
 
 stored = st.session_state.get("attribution")
 if not stored or stored["index"] != backend.label:
@@ -222,46 +220,47 @@ with cf_col:
 with ev_col:
     st.markdown("**Evidence package**")
     if image is not None:
-        st.info("Evidence packages (evidence.json, the report and `gif verify`) are made for "
-                "text queries; they do not record image queries yet. For this image, download "
-                "the result (JSON) below: it holds the SHA-256 of the uploaded bytes and of "
-                "every source, and the scores; `gif query INDEX --image FILE --json` reproduces "
-                "it.", icon=":material/info:")
+        st.caption("A zip with evidence.json (the SHA-256, size and format of the uploaded "
+                   "image, result hashes, index manifest and its hash, model hashes, versions, "
+                   "the command that reproduces the result), the uploaded image byte for byte, "
+                   "and an HTML report with thumbnails of the query and its sources; "
+                   "`gif verify` re-runs it.")
     else:
         st.caption("A zip with evidence.json (query and result hashes, index manifest and its "
                    "hash, model hashes, versions, the command that reproduces the result) and an "
                    "HTML report; `gif verify` re-runs it.")
-        if st.button("Export evidence", key="export_evidence"):
+    if st.button("Export evidence", key="export_evidence"):
+        try:
+            with st.spinner("Writing the evidence package…"):
+                path = sup.export_evidence_zip(backend, image if image is not None else query,
+                                               stored["k"])
+        except GIFError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["evidence"] = {"key": result_key, "path": str(path)}
+            st.session_state.pop("verified", None)
+    ev = st.session_state.get("evidence")
+    if ev and ev["key"] == result_key and Path(ev["path"]).is_file():
+        st.caption(f"Written to `{ev['path']}`")
+        st.download_button("Download evidence (.zip)", Path(ev["path"]).read_bytes(),
+                           file_name=Path(ev["path"]).name, mime="application/zip",
+                           key="download_evidence")
+        if st.button("Verify evidence", key="verify_evidence"):
             try:
-                with st.spinner("Writing the evidence package…"):
-                    path = sup.export_evidence_zip(backend, query, stored["k"])
+                with st.spinner("Re-running the query and comparing…"):
+                    outcome = sup.verify_package(backend, Path(ev["path"]))
             except GIFError as exc:
-                st.error(str(exc))
+                outcome = sup.VerifyOutcome(False, str(exc), [])
+            st.session_state["verified"] = {"path": ev["path"], "outcome": outcome}
+        checked = st.session_state.get("verified")
+        if checked and checked["path"] == ev["path"]:
+            outcome = checked["outcome"]
+            if outcome.ok:
+                st.success(f"Verification passed: {outcome.message}")
             else:
-                st.session_state["evidence"] = {"key": result_key, "path": str(path)}
-                st.session_state.pop("verified", None)
-        ev = st.session_state.get("evidence")
-        if ev and ev["key"] == result_key and Path(ev["path"]).is_file():
-            st.caption(f"Written to `{ev['path']}`")
-            st.download_button("Download evidence (.zip)", Path(ev["path"]).read_bytes(),
-                               file_name=Path(ev["path"]).name, mime="application/zip",
-                               key="download_evidence")
-            if st.button("Verify evidence", key="verify_evidence"):
-                try:
-                    with st.spinner("Re-running the query and comparing…"):
-                        outcome = sup.verify_package(backend, Path(ev["path"]))
-                except GIFError as exc:
-                    outcome = sup.VerifyOutcome(False, str(exc), [])
-                st.session_state["verified"] = {"path": ev["path"], "outcome": outcome}
-            checked = st.session_state.get("verified")
-            if checked and checked["path"] == ev["path"]:
-                outcome = checked["outcome"]
-                if outcome.ok:
-                    st.success(f"Verification passed: {outcome.message}")
-                else:
-                    st.error(f"Verification failed: {outcome.message}")
-                    for line in outcome.differences[:20]:
-                        st.text(line)
+                st.error(f"Verification failed: {outcome.message}")
+                for line in outcome.differences[:20]:
+                    st.text(line)
 
 with st.expander("Timings per stage"):
     st.dataframe(sup.timings_table(att), hide_index=True)

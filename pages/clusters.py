@@ -13,9 +13,11 @@ directory = sup.page_index_dir()
 st.title("Map of the index")
 n = len(engine)
 shown = min(n, sup.UMAP_MAX_POINTS)
-st.caption(f"UMAP of the encoder embeddings of {shown:,} of {n:,} samples (seeded sample), "
-           "coloured by the pseudo-label (k-means cluster) the probe is trained to predict. "
-           "Hover a point for its id and first words.")
+image_index = engine.modality == "image"
+st.caption(f"UMAP of the encoder embeddings of {shown:,} of {n:,} "
+           f"{'images' if image_index else 'samples'} (seeded sample), coloured by the "
+           "pseudo-label (k-means cluster) the probe is trained to predict. Hover a point for "
+           f"its id and {'caption' if image_index else 'first words'}.")
 
 last = st.session_state.get("last_query")
 if last and last.get("index") != str(directory):
@@ -26,8 +28,8 @@ try:
     frame = sup.cached_map_frame(engine, directory, m.rows, m.coords)
     placed = None
     if last is not None:
-        placed = sup.place_query(engine, m.model, m.rows, m.coords, last["text"],
-                                 last["source_ids"][:5])
+        placed = sup.place_query(engine, m.model, m.rows, m.coords,
+                                 last.get("image") or last["text"], last["source_ids"][:5])
 except GIFError as exc:
     st.error(str(exc))
     st.stop()
@@ -35,9 +37,12 @@ except GIFError as exc:
 st.plotly_chart(sup.clusters_figure(frame, placed), width="stretch",
                 key="clusters_chart")
 if placed is None:
-    st.info("Trace a text on the Attribute page to place it and its top sources on this map.")
+    st.info(f"Trace {'an image or a text' if image_index else 'a text'} on the Attribute page "
+            "to place it and its top sources on this map.")
 else:
-    st.caption("★ your last query and ◆ its top 5 sources (numbers are ranks), placed with the "
+    what = (f"your last query (the image {last['image'].name})" if last.get("image")
+            else "your last query")
+    st.caption(f"★ {what} and ◆ its top 5 sources (numbers are ranks), placed with the "
                "fitted UMAP model's transform; sources already in the mapped sample keep their "
                "positions.")
     st.dataframe(placed[["kind", "rank", "id", "placed", "x", "y"]], hide_index=True,

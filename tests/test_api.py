@@ -79,7 +79,8 @@ def test_evidence_endpoint(client, engine, wiki_slice):
 
 def test_openapi_lists_the_endpoints(client):
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/query", "/evidence", "/info", "/health"} <= set(paths)
+    assert {"/query", "/evidence", "/query/image", "/evidence/image", "/info",
+            "/health"} <= set(paths)
 
 
 def test_token_required_when_set(guarded, wiki_slice):
@@ -123,3 +124,135 @@ def test_serve_refuses_public_bind_without_token(monkeypatch, capsys, tmp_path):
     assert cli.main(["serve", str(tmp_path), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "GIF_API_TOKEN" in err and "127.0.0.1" in err
+
+
+# -- image queries -------------------------------------------------------------------------------
+
+STAMP = 17
+
+
+@pytest.fixture(scope="module")
+def stamp_engine(stamp_index):
+    from gif_core.engine import Engine
+
+    return Engine.load(stamp_index[0])
+
+
+@pytest.fixture(scope="module")
+def image_client(stamp_index, stamp_engine):
+    return TestClient(create_app(stamp_index[0], engine=stamp_engine))
+
+
+@pytest.fixture(scope="module")
+def stamp(stamp_index):
+    import json
+
+    out, sources = stamp_index
+    indexed = {json.loads(line)["id"]
+               for line in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()}
+    return [s for s in sources if s.id in indexed][STAMP]
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def _stamp_bytes(stamp) -> bytes:
+    from pathlib import Path
+
+    return Path(stamp.meta["path"]).read_bytes()
+
+
+def test_image_index_says_it_takes_images(image_client, client):
+    assert image_client.get("/info").json()["image_queries"] is True
+    assert image_client.get("/info").json()["modality"] == "image"
+    assert client.get("/info").json()["image_queries"] is False
+
+
+def test_image_query_returns_the_source_in_schema(image_client, stamp):
+    import hashlib
+
+    data = _stamp_bytes(stamp)
+    r = image_client.post("/query/image", json={"image_base64": _b64(data),
+                                                "name": "generated.png", "k": 4})
+    assert r.status_code == 200, r.text
+    att = r.json()
+    Draft202012Validator(attribution_schema()).validate(att)
+    assert att["results"][0]["id"] == stamp.id and len(att["results"]) == 4
+    assert att["query_sha256"] == hashlib.sha256(data).hexdigest()
+    assert att["results"][0]["influence"] is not None and not att["abstained"]
+    # a data: URI is accepted as it is; influence can be skipped
+    r = image_client.post("/query/image", json={
+        "image_base64": "data:image/png;base64," + _b64(data), "k": 2, "influence": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["id"] == stamp.id
+    assert r.json()["results"][0]["influence"] is None
+
+
+def test_image_evidence_endpoint_writes_a_package_that_verifies(image_client, stamp_engine,
+                                                                stamp, tmp_path):
+    import zipfile
+
+    from gif_core.evidence import verify_evidence, write_package
+
+    data = _stamp_bytes(stamp)
+    r = image_client.post("/evidence/image", json={"image_base64": _b64(data),
+                                                   "name": "generated.png", "k": 3})
+    assert r.status_code == 200, r.text
+    ev = r.json()
+    Draft202012Validator(attribution_schema()).validate(ev["attribution"])
+    assert ev["query"]["modality"] == "image" and ev["query"]["image"]["name"] == "generated.png"
+    assert ev["attribution"]["results"][0]["id"] == stamp.id
+    assert ev["index"]["manifest_sha256"] == stamp_engine.manifest_sha256
+    assert "--image query.png -k 3 --json" in ev["reproduce"]["command"]
+    assert ev["thumbnails"]["query"] and ev["thumbnails"]["results"][0]["jpeg_base64"]
+    out = write_package(ev, tmp_path / "case.zip", zip=True, query_image=data)
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("query.png") == data
+        assert zf.read("report.html").count(b'<img src="data:image/jpeg;base64,') == 4
+    report = verify_evidence(out, engine=stamp_engine)
+    assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"image_base64": "not base64!", "name": "a.png"}, 400, "not valid base64"),
+    ({"image_base64": _b64(b"%PDF-1.7"), "name": "scan.pdf"}, 400,
+     "'scan.pdf' is a .pdf file; upload an image (.png"),
+    ({"image_base64": _b64(b"a text file with an image's name"), "name": "notes.png"}, 400,
+     "notes.png: not an image Pillow can read"),
+    ({"image_base64": "", "name": "empty.png"}, 400, "empty file (0 bytes)"),
+    ({"name": "a.png"}, 422, "image_base64"),
+    ({"image_base64": _b64(b"x"), "k": 0}, 422, "k"),
+])
+def test_bad_image_input_is_a_readable_error(image_client, body, status, words):
+    for path in ("/query/image", "/evidence/image"):
+        r = image_client.post(path, json=body)
+        assert r.status_code == status, (path, r.text)
+        err = r.json()["error"]
+        assert words in err and "Traceback" not in err, err
+        if status == 422:
+            assert '"image_base64": "..."' in err
+
+
+def test_image_size_limit_is_the_uploads(image_client, stamp, monkeypatch):
+    from gif_core import app_support as sup
+
+    data = _stamp_bytes(stamp)
+    monkeypatch.setattr(sup, "MAX_IMAGE_UPLOAD_BYTES", len(data) - 1)
+    r = image_client.post("/query/image", json={"image_base64": _b64(data), "name": "s.png"})
+    assert r.status_code == 400
+    assert f"the limit is {len(data) - 1:,} bytes" in r.json()["error"]
+    # a body far over the limit is refused before it is decoded
+    r = image_client.post("/query/image", json={"image_base64": "A" * (3 * len(data)),
+                                                "name": "s.png"})
+    assert r.status_code == 400 and "its base64 has" in r.json()["error"]
+
+
+def test_image_query_on_a_text_index_is_refused(client, stamp):
+    r = client.post("/query/image", json={"image_base64": _b64(_stamp_bytes(stamp)),
+                                          "name": "s.png"})
+    assert r.status_code == 400 and "an image query needs an image index" in r.json()["error"]
+    r = client.post("/evidence/image", json={"image_base64": _b64(_stamp_bytes(stamp))})
+    assert r.status_code == 400 and "needs an image index" in r.json()["error"]

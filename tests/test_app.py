@@ -641,11 +641,147 @@ def test_image_index_uploads_a_stamp_and_ranks_it_first(image_app_env):
     viewer = html_with(at, "gif-image-viewer")
     assert f'class="gif-source" data-id="{stamp.id}"' in viewer
     assert "identical bytes (same SHA-256)" in viewer and "generated.png" in viewer
-    # the same influence chart as for text; evidence packages say they are for text queries
+    # the same influence chart as for text, and the same evidence export
     assert at.get("plotly_chart") and any(sup.INFLUENCE_CAPTION == c.value for c in at.caption)
-    assert any("Evidence packages" in i.value and "text queries" in i.value for i in at.info)
-    assert not any(b.key == "export_evidence" for b in at.button)
-    assert "last_query" not in at.session_state
+    assert any(b.key == "export_evidence" for b in at.button)
+    last = at.session_state["last_query"]
+    assert last["image"].sha256 == hashlib_sha256(data)
+    assert last["source_ids"] == list(table["id"])
+
+
+def test_image_evidence_export_and_verify(image_app_env, tmp_path):
+    import zipfile
+
+    from gif_core.engine import Engine
+
+    index, stamps = image_app_env
+    stamp = stamps[17]
+    data = Path(stamp.meta["path"]).read_bytes()
+    at = press_trace(upload_image(run_app(), "generated.png", data))
+    at.slider(key="k").set_value(5)
+    at = press_trace(at)
+    at.button(key="export_evidence").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    path = Path(at.session_state["evidence"]["path"])
+    assert path.parent == tmp_path / "cache" / "evidence" and path.suffix == ".zip"
+    assert path.name.startswith(f"gif-evidence-image-{hashlib_sha256(data)[:12]}-k5-")
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["evidence.json", "query.png", "report.html"]
+        assert zf.read("query.png") == data
+        ev = json.loads(zf.read("evidence.json"))
+        report = zf.read("report.html").decode()
+    assert ev["query"]["sha256"] == hashlib_sha256(data)
+    assert ev["query"]["image"]["name"] == "generated.png"
+    assert ev["attribution"]["results"][0]["id"] == stamp.id
+    assert len(ev["attribution"]["results"]) == 5
+    assert ev["index"]["manifest_sha256"] == sup.manifest_hash(index)
+    assert report.count('<img src="data:image/jpeg;base64,') == 6
+    at.button(key="verify_evidence").click().run()
+    assert not at.exception
+    assert len(at.success) == 2  # the verdict and the verification
+    assert at.success[1].value.startswith("Verification passed: verified: 5 result(s)")
+    assert f"top source {stamp.id}" in at.success[1].value
+    # a flipped byte in the stored query image fails verification, naming the file
+    tampered = tmp_path / "tampered.zip"
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0x01
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name) if name != "query.png" else bytes(flipped))
+    backend = sup.LocalBackend(Engine.load(index), index)
+    outcome = sup.verify_package(backend, tampered)
+    assert not outcome.ok
+    assert outcome.differences[0].startswith(
+        f"query.png: the stored query image hashes to {hashlib_sha256(bytes(flipped))}")
+    assert "changed or replaced after export" in outcome.differences[0]
+    # a package whose query image is gone is a readable error, not a traceback
+    gone = tmp_path / "gone.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(gone, "w") as dst:
+        dst.writestr("evidence.json", src.read("evidence.json"))
+    with pytest.raises(GIFError, match=r"the query image query\.png is missing"):
+        sup.verify_package(backend, gone)
+
+
+def test_clusters_page_places_an_image_query(image_app_env):
+    index, stamps = image_app_env
+    stamp = stamps[17]
+    data = Path(stamp.meta["path"]).read_bytes()
+    at = upload_image(run_app(), "generated.png", data)
+    at.slider(key="k").set_value(5)
+    at = press_trace(at)
+    at.switch_page("pages/clusters.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    placed = frame(at, "placed")
+    assert list(placed["kind"]) == ["query"] + ["source"] * 5
+    assert placed.iloc[0]["placed"] == "transform"  # the query is placed, not refitted
+    assert placed.iloc[1]["id"] == stamp.id and placed.iloc[1]["rank"] == 1
+    assert placed.iloc[1]["placed"] == "mapped"  # the whole small index is in the map
+    # the copy lands next to its source: nearer than to most of the map
+    q = placed.iloc[0][["x", "y"]].to_numpy(dtype=float)
+    s = placed.iloc[1][["x", "y"]].to_numpy(dtype=float)
+    with np.load(sup.umap_cache_path(index), allow_pickle=False) as z:  # the mapped sample
+        points = z["coords"].astype(float)
+    assert len(points) == len(stamps)
+    spread = np.median(np.linalg.norm(points - points.mean(axis=0), axis=1))
+    assert np.linalg.norm(q - s) < 0.5 * spread, (q, s, spread)
+    assert any("the image generated.png" in c.value for c in at.caption)
+    assert any("images (seeded sample)" in c.value for c in at.caption)
+    # the figure shows the star and the diamonds
+    fig = at.get("plotly_chart")[0].proto.spec
+    assert '"your query"' in fig and '"top sources"' in fig
+
+
+@pytest.fixture
+def image_api_server(stamp_index):
+    """``gif serve`` on the stamp index (127.0.0.1, a free port, in a thread); its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from gif_core.api import create_app
+
+    port = _unused_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(stamp_index[0]), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_image_query_and_evidence_through_backend(image_app_env, image_api_server,
+                                                  monkeypatch):
+    import zipfile
+
+    from gif_core.engine import Engine
+    from gif_core.evidence import verify_evidence
+
+    index, stamps = image_app_env
+    stamp = stamps[22]
+    data = Path(stamp.meta["path"]).read_bytes()
+    monkeypatch.setenv(sup.API_URL_ENV, image_api_server)
+    at = run_app()
+    assert at.radio(key="query_mode").value == "image"  # the server takes images
+    at = press_trace(upload_image(at, "copy.png", data))
+    assert not at.error, [e.value for e in at.error]
+    assert any(image_api_server in i.value for i in at.info)
+    assert frame(at, "fused score").iloc[0]["id"] == stamp.id
+    at.button(key="export_evidence").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    path = Path(at.session_state["evidence"]["path"])
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("query.png") == data
+        ev = json.loads(zf.read("evidence.json"))
+    assert ev["attribution"]["results"][0]["id"] == stamp.id
+    assert ev["query"]["image"]["name"] == "copy.png"
+    # the package written from the server's answer verifies on the index itself
+    assert verify_evidence(path, engine=Engine.load(index)).ok
 
 
 def hashlib_sha256(data: bytes) -> str:

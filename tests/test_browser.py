@@ -4,7 +4,8 @@ sentence and see its source first, run the counterfactual check, export evidence
 visit the Clusters and Index pages, and run a small evaluation on the Evaluate page. The time
 from pressing Trace sources to rendered results is printed and written to ``timings.json``
 beside the screenshots. A second server opens a small stamp image index: upload a stamp, see it
-ranked first with thumbnails; upload a broken file, see the decoder's message.
+ranked first with thumbnails, export an evidence package for it and verify it, open its report,
+see the image placed on the Clusters map; upload a broken file, see the decoder's message.
 
 Marked ``browser`` (deselected by default): ``bash scripts/test.sh -m browser``. Needs
 ``/usr/bin/chromium`` (``apt-get install chromium``, or ``GIF_BROWSER_TESTS=1 bash
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -376,7 +378,9 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     _wait_idle(page)
     _no_exception(page)
     expect(_metric(page, "Queries")).to_have_text("15", timeout=PAGE_TIMEOUT_MS)
-    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    # the four charts render one after another: wait for the last rather than count at once
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(4,
+                                                                        timeout=PAGE_TIMEOUT_MS)
     # collapse the form so that the screenshot shows the results
     page.get_by_text("Run a small evaluation on the loaded index").click()
     _shoot(page, shots / "evaluate.png")
@@ -421,11 +425,53 @@ def test_image_upload_in_chromium(image_server, page, shots, stamp_index, tmp_pa
     viewer = page.locator(".gif-image-viewer")
     assert f"Source: {stamp.id}" in viewer.inner_text()
     assert "identical bytes (same SHA-256)" in page.locator(".gif-image-facts").inner_text()
-    notice = page.locator('[data-testid="stAlertContentInfo"]').filter(
-        has_text="Evidence packages")
-    expect(notice).to_have_count(1)
-    assert "made for text queries" in notice.inner_text()
+    # export an evidence package for the image (it stores the uploaded bytes), then verify it
+    _click(page, "Export evidence")
+    page.get_by_role("button", name="Download evidence (.zip)").wait_for()
+    written = page.get_by_text(re.compile(r"^Written to .*gif-evidence-image-")).inner_text()
+    package = Path(re.search(r"Written to (\S+\.zip)", written).group(1))
+    with zipfile.ZipFile(package) as zf:
+        assert zf.read("query.png") == upload.read_bytes()
+        ev = json.loads(zf.read("evidence.json"))
+    assert ev["query"]["image"]["name"] == "generated.png"
+    assert ev["attribution"]["results"][0]["id"] == stamp.id
+    _click(page, "Verify evidence")
+    passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
+    passed.wait_for()
+    assert f"top source {stamp.id}" in passed.inner_text()
+    _wait_idle(page)
+    _no_exception(page)
     _shoot(page, shots / "attribute-image.png")
+    # the package's report, opened in another tab: thumbnails decoded, no script
+    report = tmp_path / "report.html"
+    with zipfile.ZipFile(package) as zf:
+        report.write_bytes(zf.read("report.html"))
+    tab = page.context.new_page()
+    tab.goto(report.as_uri())
+    tab.get_by_role("heading", name="GIF training-data provenance report").wait_for()
+    thumbs = tab.locator(".gallery img")
+    assert thumbs.count() == 11  # the query and 10 sources
+    widths = thumbs.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert all(0 < w <= 160 for w in widths), widths
+    assert tab.locator("figure.source-thumb").first.get_attribute("data-id") == stamp.id
+    assert tab.locator("script").count() == 0
+    _shoot(tab, shots / "report-image.png")
+    tab.close()
+
+    # the Clusters page places the image and its top sources on the map
+    _open(page, "Clusters")
+    page.get_by_role("heading", name="Map of the index").wait_for()
+    page.get_by_text("your last query (the image generated.png)").wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+    placed = page.locator('[data-testid="stDataFrame"]').first
+    query_row, source_row = _grid_row(placed, 0), _grid_row(placed, 1)
+    assert "query" in query_row and "transform" in query_row, query_row
+    assert stamp.id in source_row, source_row
+    _shoot(page, shots / "clusters-image.png")
+    _open(page, "Attribute")
+    page.get_by_role("heading", name="Where did this image come from?").wait_for()
+    _wait_idle(page)
 
     # a broken file with an image's name: the decoder's message, no traceback
     broken = tmp_path / "half.png"
