@@ -509,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("--ids-file", help="file with one sample id a line")
     rm.set_defaults(func=cmd_remove)
 
-    q = sub.add_parser("query", help="trace a text to its likely sources")
+    q = sub.add_parser("query", help="trace a text or an image (--image) to its likely sources")
     q.add_argument("index")
     q.add_argument("--text")
     q.add_argument("--text-file", help="read the output to trace from a file ('-' = stdin)")
