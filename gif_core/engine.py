@@ -650,7 +650,8 @@ class Engine:
         scores = np.full(len(cand.rows), float(z.min()) - 1.0 if len(z) else 0.0,
                          dtype=np.float64)
         scores[pos] = z
-        confidence = float(1.0 / (1.0 + np.exp(-float(z.max())))) if len(z) else 0.0
+        feats = np.asarray(feats)
+        confidence = ranker.verify_confidence(z, feats)
         return np.concatenate([ranked, rest]), scores, confidence
 
     def info(self) -> dict[str, Any]:
@@ -1194,7 +1195,7 @@ def _fit_on_planted(engine: Engine, planted: Sequence[tuple[int, Any, Any]],
                 xs.append(engine.copies.verify(query.copy, rows))
                 ys.append(same)
             progress("verify", j + 1, len(image_queries))
-        ranker.verify, ranker.report["verify"] = fit_verifier(xs, ys)
+        ranker.verify, ranker.verify_calib, ranker.report["verify"] = fit_verifier(xs, ys)
     return ranker
 
 

@@ -107,6 +107,9 @@ class Ranker:
     semantic_calib: list[float] = field(default_factory=list)
     """Logistic coefficients on the semantic features (:data:`SEMANTIC_CALIBRATION`), then the
     intercept; empty for rankers fitted before it existed (then only ``calib`` counts)."""
+    verify_calib: list[float] = field(default_factory=list)
+    """Logistic coefficients on :func:`verify_calibration_features`, then the intercept: the
+    image query's confidence; empty means the top verification logit's sigmoid."""
     verify: list[float] = field(default_factory=list)
     """Image indexes: logistic coefficients on the copy-verification features
     (:data:`gif_core.copydetect.VERIFY_FEATURES`), then the intercept: the second stage that
@@ -120,6 +123,19 @@ class Ranker:
         """Second-stage logits of verification features (K, len(VERIFY_FEATURES))."""
         w = np.asarray(self.verify, dtype=np.float64)
         return np.asarray(x, dtype=np.float64) @ w[:-1] + w[-1]
+
+    def verify_confidence(self, z: np.ndarray, x: np.ndarray) -> float:
+        """P(the top verified candidate is the source), from the second-stage logits ``z``
+        and features ``x`` of the verified candidates: the calibration model on
+        :func:`verify_calibration_features` when fitted, else the top logit's sigmoid."""
+        if not len(z):
+            return 0.0
+        if self.verify_calib:
+            c = np.asarray(self.verify_calib, dtype=np.float64)
+            zz = float(verify_calibration_features(z, x) @ c[:-1] + c[-1])
+        else:
+            zz = float(np.max(z))
+        return float(1.0 / (1.0 + np.exp(-zz)))
 
     def confidence(self, scores: np.ndarray, features: np.ndarray) -> float:
         """P(top candidate is a true source), from all candidates' scores (K,) and features."""
@@ -137,7 +153,8 @@ class Ranker:
     def to_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "features": list(self.features), "calib": self.calib,
                 "threshold": self.threshold, "report": self.report,
-                "semantic_calib": self.semantic_calib, "verify": self.verify}
+                "semantic_calib": self.semantic_calib, "verify": self.verify,
+                "verify_calib": self.verify_calib}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ranker:
@@ -145,7 +162,8 @@ class Ranker:
                    calib=list(d["calib"]), threshold=float(d["threshold"]),
                    report=dict(d.get("report", {})),
                    semantic_calib=list(d.get("semantic_calib", [])),
-                   verify=list(d.get("verify", [])))
+                   verify=list(d.get("verify", [])),
+                   verify_calib=list(d.get("verify_calib", [])))
 
     @classmethod
     def default(cls) -> Ranker:
@@ -225,40 +243,60 @@ Debian image sets. An aligned copy (grey-level correlation near 1, small colour 
 many RANSAC inliers) scores above 0, a look-alike below; a query without structure far below."""
 
 
+def verify_calibration_features(z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(top logit, its margin over the runner-up, then the top candidate's verification
+    features) of one image query's verified candidates."""
+    order = np.argsort(-z, kind="stable")
+    top = float(z[order[0]])
+    margin = top - float(z[order[1]]) if len(order) > 1 else top
+    return np.array([top, min(margin, 20.0), *np.asarray(x[order[0]], np.float64)])
+
+
 def fit_verifier(x_groups: list[np.ndarray], y_groups: list[np.ndarray]
-                 ) -> tuple[list[float], dict[str, float]]:
+                 ) -> tuple[list[float], list[float], dict[str, float]]:
     """Fit the second stage (pointwise logistic) on the verification features of planted
     image queries' leading candidates; a group whose labels are all 0 is a null query (its
     source masked). Reports the fitted model's P@1 on the planted groups and the share of null
     groups whose top candidate it would attribute (probability >= 0.5)."""
     if not x_groups:
-        return list(DEFAULT_VERIFY), {"fitted": False}
+        return list(DEFAULT_VERIFY), [], {"fitted": False}
     x = np.concatenate(x_groups).astype(np.float64)
     y = np.concatenate(y_groups).astype(np.float64)
     if len(set(y.tolist())) < 2:
-        return list(DEFAULT_VERIFY), {"fitted": False}
+        return list(DEFAULT_VERIFY), [], {"fitted": False}
     # about one positive in thirty rows and features of very different ranges: a light penalty
     wv = np.asarray(_fit_logistic(x, y, l2=1e-5))
-    # the intercept is lowered until at most VERIFY_NULL_BUDGET of the null queries' top
-    # candidates reach probability 0.5: the order is unchanged, only the confidence
-    null_tops = [float((xg @ wv[:-1]).max()) for xg, yg in zip(x_groups, y_groups, strict=True)
-                 if not yg.any()]
-    shift = 0.0
-    if null_tops:
-        shift = max(0.0, float(np.quantile(np.asarray(null_tops) + wv[-1],
-                                           1 - VERIFY_NULL_BUDGET)))
-        wv[-1] -= shift + 1e-6 if shift > 0 else 0.0
     w = [float(v) for v in wv]
-    hits, attributed, null_attr, n_pos, n_null = 0, 0, 0, 0, 0
+    # the confidence: a logistic model on each query's (top logit, margin, top features),
+    # labelled 1 when the top verified candidate is the source; nulls are 0. Its intercept is
+    # lowered until at most VERIFY_NULL_BUDGET of the nulls reach 0.5.
+    cf, cy, is_null = [], [], []
     for xg, yg in zip(x_groups, y_groups, strict=True):
         z = xg @ wv[:-1] + wv[-1]
+        cf.append(verify_calibration_features(z, xg))
+        cy.append(float(yg[int(np.argmax(z))]))
+        is_null.append(not yg.any())
+    cf_a, cy_a, null_a = np.asarray(cf), np.asarray(cy), np.asarray(is_null)
+    calib: list[float] = []
+    shift = 0.0
+    if len(set(cy)) == 2:
+        c = np.asarray(_fit_logistic(cf_a, cy_a, l2=1e-4))
+        if null_a.any():
+            zc = cf_a[null_a] @ c[:-1] + c[-1]
+            shift = max(0.0, float(np.quantile(zc, 1 - VERIFY_NULL_BUDGET)))
+            if shift > 0:
+                c[-1] -= shift + 1e-6
+        calib = [float(v) for v in c]
+    conf_z = (cf_a @ np.asarray(calib[:-1]) + calib[-1]) if calib else cf_a[:, 0]
+    hits, attributed, null_attr, n_pos, n_null = 0, 0, 0, 0, 0
+    for j, yg in enumerate(y_groups):
         if yg.any():
             n_pos += 1
-            hits += bool(yg[int(np.argmax(z))])
-            attributed += bool(yg[int(np.argmax(z))]) and bool(z.max() >= 0)
+            hits += bool(cy_a[j])
+            attributed += bool(cy_a[j]) and bool(conf_z[j] >= 0)
         else:
             n_null += 1
-            null_attr += bool(z.max() >= 0)
+            null_attr += bool(conf_z[j] >= 0)
     report = {"fitted": True, "planted": n_pos, "nulls": n_null,
               "train_p_at_1": round(hits / max(n_pos, 1), 4),
               "planted_attributed": round(attributed / max(n_pos, 1), 4),
@@ -267,7 +305,7 @@ def fit_verifier(x_groups: list[np.ndarray], y_groups: list[np.ndarray]
     log.info("copy verification fitted on %d planted + %d null image queries: train P@1 %.3f, "
              "nulls attributed %.3f", n_pos, n_null, report["train_p_at_1"],
              report["null_attributed"])
-    return w, report
+    return w, calib, report
 
 
 def _fit_semantic(x: np.ndarray, y: np.ndarray) -> tuple[list[float], dict[str, float]]:
