@@ -18,8 +18,10 @@ Index
     any iterable a batch at a time, their (shingle, row) pairs buffered up to :data:`RUN_PAIRS`,
     sorted by hash and written to scratch *run* files with an offset table over the top
     :data:`BUCKET_BITS` bits of the hash; the runs are then merged one range of hash buckets at a
-    time (at most :data:`MERGE_PAIRS` pairs), the df cap applied with the final N, and the
-    result written front to back without a memory map. Memory beyond the fixed buffers: the
+    time (at most :data:`MERGE_PAIRS` pairs; a bucket over that, as a boilerplate shingle makes
+    one, is halved by hash range until it fits or holds one hash, whose pairs are then copied run
+    by run), the df cap applied with the final N, and the result written front to back without
+    a memory map. Memory beyond the fixed buffers: the
     offset tables (32 KB per run) and the stop list.
 
 Query
@@ -315,13 +317,25 @@ class VerbatimIndex:
             out_k = NpyAppender(scratch / "verbatim_keys.npy", np.uint64)
             out_d = NpyAppender(scratch / "verbatim_docs.npy", np.uint32)
             stops: list[np.ndarray] = []
-            for a, b in plan_blocks(counts, merge_pairs):
+            for single, lo, hi in cls._merge_pieces(runs, counts, merge_pairs):
+                if single:
+                    # one shingle with more pairs than a block: its rows ascend run after run
+                    df_one = sum(e - b for b, e in zip(lo, hi, strict=True))
+                    r = next(i for i in range(len(runs)) if hi[i] > lo[i])
+                    key = read_slice(runs[r][0], np.uint64, lo[r], lo[r] + 1)
+                    if df_one > cap:
+                        stops.append(key)
+                        continue
+                    for (_, dp, _), b, e in zip(runs, lo, hi, strict=True):
+                        if e > b:
+                            out_k.write(np.full(e - b, key[0], dtype=np.uint64))
+                            out_d.write(read_slice(dp, np.uint32, b, e))
+                    continue
                 parts_k, parts_d = [], []
-                for kp, dp, off in runs:
-                    lo, hi = int(off[a]), int(off[b])
-                    if hi > lo:
-                        parts_k.append(read_slice(kp, np.uint64, lo, hi))
-                        parts_d.append(read_slice(dp, np.uint32, lo, hi))
+                for (kp, dp, _), b, e in zip(runs, lo, hi, strict=True):
+                    if e > b:
+                        parts_k.append(read_slice(kp, np.uint64, b, e))
+                        parts_d.append(read_slice(dp, np.uint32, b, e))
                 if not parts_k:
                     continue
                 keys = np.concatenate(parts_k)
@@ -363,6 +377,45 @@ class VerbatimIndex:
             num, out_k.count, stop.size, cap, len(runs),
         )
         return cls.load(d)
+
+    @staticmethod
+    def _merge_pieces(runs: list[tuple[Path, Path, np.ndarray]], counts: np.ndarray,
+                      limit: int):
+        """Pieces of the merge in hash order: ``(single, lo, hi)`` with per-run pair ranges
+        ``[lo[r], hi[r])`` holding at most ``limit`` pairs in all, or (``single`` True) all the
+        pairs of one shingle hash, however many. Runs of hash buckets come from the offset
+        tables; a bucket over the limit (a boilerplate shingle in many samples) is halved by
+        hash range, with binary searches in the runs, until the pieces fit or hold one hash."""
+        shift = 64 - BUCKET_BITS
+
+        def positions(key: int) -> list[int]:
+            out = []
+            for kp, _, off in runs:
+                keys_map = np.memmap(kp, dtype=np.uint64, mode="r") if off[-1] else None
+                out.append(0 if keys_map is None else
+                           int(np.searchsorted(keys_map, np.uint64(key))))
+                del keys_map  # unmapped at once, so the pages searched do not add up
+            return out
+
+        def split(lo_key: int, hi_key: int, lo: list[int], hi: list[int]):
+            total = sum(e - b for b, e in zip(lo, hi, strict=True))
+            if total <= limit:
+                yield False, lo, hi
+            elif hi_key - lo_key == 1:
+                yield True, lo, hi
+            else:
+                mid_key = (lo_key + hi_key) // 2
+                mid = positions(mid_key)
+                yield from split(lo_key, mid_key, lo, mid)
+                yield from split(mid_key, hi_key, mid, hi)
+
+        for a, b in plan_blocks(counts, limit):
+            lo = [int(off[a]) for _, _, off in runs]
+            hi = [int(off[b]) for _, _, off in runs]
+            if b - a == 1 and counts[a] > limit:
+                yield from split(a << shift, (a + 1) << shift, lo, hi)
+            else:
+                yield False, lo, hi
 
     @staticmethod
     def _check_params(n: object, max_df_fraction: object) -> None:

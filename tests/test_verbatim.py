@@ -247,3 +247,19 @@ def test_streamed_build_failure_keeps_previous_index(texts: list[str], tmp_path:
     got = after.search(SENTENCE, 3)
     np.testing.assert_array_equal(got[1], expected[1])
     assert got[1][0] == SENTENCE_ROW and got[0][0] == pytest.approx(1.0)
+
+
+def test_streamed_build_splits_buckets_of_boilerplate(texts: list[str], tmp_path: Path) -> None:
+    """A bucket of hashes over the merge block is halved until it fits; a shingle with more
+    pairs than a block is copied run by run, or dropped when over the df cap."""
+    common = "This article is licensed under the Creative Commons Attribution Share Alike licence."
+    rarer = "Text from the public domain encyclopaedia, edition of nineteen eleven, volume four."
+    corpus = [t + " " + common if i % 4 == 0 else t for i, t in enumerate(texts[:400])]
+    corpus = [t + " " + rarer if i % 13 == 0 else t for i, t in enumerate(corpus)]
+    one = VerbatimIndex.build(corpus)  # df 100 > cap 64 (dropped); df 31 (kept)
+    streamed = VerbatimIndex.build_to(tmp_path, corpus, run_pairs=2_000, merge_pairs=20)
+    assert streamed._meta == one._meta and one._stop.size >= 8
+    for name in ("_keys", "_docs", "_stop"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(one, name))
+    cov, rows = streamed.search(rarer, 40)
+    assert rows.tolist() == list(range(0, 400, 13)) and np.all(cov == 1.0)
