@@ -20,6 +20,16 @@ Each size runs in two child processes so that peak RSS is measured per phase:
 Queries: half are real fingerprints with Gaussian noise added (cosine about 0.9 to their source,
 a stand-in for a paraphrased output), half fresh draws from the mixture. Recall@k is
 ``|approximate top-k ∩ exact top-k| / k``.
+
+``--channels`` measures the lexical and verbatim channels on *real* texts only (the synthetic
+fingerprint rows have no text): every text of the packaged corpora (``--channel-corpora``,
+Wikipedia summaries, WordNet glosses and fortunes by default) is written to a file, and each
+build runs in its own child that streams it: the bounded-memory ``build_to`` on several shares
+of the texts (``--channel-fractions``; above 1 the texts are read again, a larger corpus with the
+same vocabulary; its peak should not grow with them) and the one-shot
+in-memory ``build`` on all of them for reference. Reported per run: build time, peak RSS
+(absolute and growth over the process before the build), bytes per sample on disk, anonymous
+memory per sample once the index is opened, and the RAM the manifest would report.
 """
 
 from __future__ import annotations
@@ -137,6 +147,7 @@ def stage_build(args) -> dict:
             stop = min(n, start + CHUNK)
             fh.write(mixture.draw(stop - start, rng).astype(np.float16).tobytes())
     t_store = time.perf_counter() - t0
+    phases = {"after_store": rss_kinds()}
     synth_sample = mixture.draw(len(xr), np.random.default_rng(args.seed + 1))
     stats = {"nn_cosine_real": nn_cosine(xr, 2000, rng),
              "nn_cosine_synthetic": nn_cosine(synth_sample, 2000, rng),
@@ -153,10 +164,19 @@ def stage_build(args) -> dict:
     xt = np.concatenate([read_rows(path, a, min(n, a + CHUNK), d)[
         rows[(rows >= a) & (rows < a + CHUNK)] - a] for a in range(0, n, CHUNK)])
     ann.train(index, xt)
+    phases["after_train"] = rss_kinds()
     del xt
     t_train = time.perf_counter() - t1
     t2 = time.perf_counter()
-    ann.add_chunks(index, (read_rows(path, s, min(n, s + CHUNK), d) for s in range(0, n, CHUNK)))
+    add_max = {"RssAnon": 0, "RssFile": 0}
+
+    def track(_ntotal: int) -> None:
+        for key, value in rss_kinds().items():
+            add_max[key] = max(add_max[key], value)
+
+    ann.add_chunks(index, (read_rows(path, s, min(n, s + CHUNK), d) for s in range(0, n, CHUNK)),
+                   progress=track)
+    phases["add_max"] = add_max
     t_add = time.perf_counter() - t2
     faiss.write_index(index, str(work / "index.faiss"))
     t_index = time.perf_counter() - t1
@@ -169,6 +189,7 @@ def stage_build(args) -> dict:
                         "add": round(t_add, 2), "index_total": round(t_index, 2)},
             "index_build_samples_per_s": round(n / t_index, 1),
             "build_peak_rss_bytes": peak_rss(),
+            "build_rss_by_phase": phases,
             "disk_bytes": {"index": (work / "index.faiss").stat().st_size,
                            "store_float16": path.stat().st_size}}
 
@@ -259,44 +280,142 @@ def stage_query(args) -> dict:
             "query_peak_rss_bytes": peak_rss()}
 
 
+def current_rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def write_channel_texts(corpora: str, path: Path) -> dict:
+    """Every text of the packaged corpora, one JSON string per line (the channel children stream
+    it, so the texts themselves never sit in their memory)."""
+    from gif_core.data import packaged_corpus
+
+    counts = {}
+    with path.open("w", encoding="utf-8") as fh:
+        for name in [c.strip() for c in corpora.split(",") if c.strip()]:
+            samples = packaged_corpus(name)
+            counts[f"pkg:{name}"] = len(samples)
+            for sample in samples:
+                fh.write(json.dumps(sample.text) + "\n")
+    return counts
+
+
 def stage_channels(args) -> dict:
-    """Lexical and verbatim channels of a real index: build time and peak memory from its texts,
-    bytes per sample on disk, and anonymous memory once opened (postings memory-mapped)."""
+    """One lexical or verbatim build over the first ``--fraction`` of the real texts: time, peak
+    memory (absolute and growth over the process before the build), bytes per sample on disk,
+    anonymous memory once opened. ``--mode stream`` is the bounded-memory build
+    (``build_to``, texts streamed from the file), ``oneshot`` the in-memory ``build`` (texts in a
+    list, which the growth does not count)."""
+    import bm25s  # noqa: F401  (imported before the baseline: not a cost of the build)
+
     from gif_core.lexical import LexicalIndex
     from gif_core.lexical import nbytes_on_disk as lexical_bytes
-    from gif_core.store import SampleStore
+    from gif_core.normalize import tokenize
     from gif_core.verbatim import VerbatimIndex
     from gif_core.verbatim import nbytes_on_disk as verbatim_bytes
 
-    store = SampleStore(Path(args.real_index))
-    texts = [r["text"] for r in store.records()]
-    n = len(texts)
-    out = {"index": args.real_index, "samples": n,
-           "text_bytes_per_sample": sum(len(t.encode()) for t in texts) / n}
     work = Path(args.work)
-    channels = {"lexical": (LexicalIndex, lexical_bytes), "verbatim": (VerbatimIndex,
-                                                                      verbatim_bytes)}
-    for name in [args.channel]:
-        cls, size = channels[name]
-        folder = work / name
-        folder.mkdir(parents=True, exist_ok=True)
-        anon0, peak0 = rss_kinds()["RssAnon"], peak_rss()
-        t0 = time.perf_counter()
-        built = cls.build(texts)
-        seconds = time.perf_counter() - t0
-        peak_growth = peak_rss() - peak0
-        built.save(folder)
-        del built
-        base = rss_kinds()["RssAnon"]
-        opened = cls.load(folder)
-        anon = rss_kinds()["RssAnon"] - base
-        opened.search(texts[0][:500], 100)  # a query touches a few postings pages only
-        out[name] = {"build_seconds": round(seconds, 2),
-                     "build_samples_per_s": round(n / seconds, 1),
-                     "build_peak_rss_growth_bytes_per_sample": max(0, peak_growth) / n,
-                     "disk_bytes_per_sample": size(folder) / n,
-                     "open_rss_anon_bytes_per_sample": anon / n}
-        del opened, anon0
+    text_file = work / "texts.jsonl"
+    with text_file.open(encoding="utf-8") as fh:
+        total = sum(1 for _ in fh)
+    n = max(1, int(round(total * args.fraction)))
+
+    def stream():
+        i = 0
+        while True:  # a share above 1 reads the texts again (a larger corpus, same vocabulary)
+            with text_file.open(encoding="utf-8") as fh:
+                for line in fh:
+                    if i >= n:
+                        return
+                    i += 1
+                    yield json.loads(line)
+
+    cls, size = {"lexical": (LexicalIndex, lexical_bytes),
+                 "verbatim": (VerbatimIndex, verbatim_bytes)}[args.channel]
+    folder = work / f"{args.channel}-{args.mode}-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    texts = list(stream()) if args.mode == "oneshot" else None
+    first = next(stream())
+    tokenize(first)  # warm the tokeniser's tables
+    rss0 = current_rss()
+    t0 = time.perf_counter()
+    if texts is not None:
+        cls.build(texts).save(folder)
+    else:
+        cls.build_to(folder, stream())
+    seconds = time.perf_counter() - t0
+    peak = peak_rss()
+    after_build = rss_kinds()
+    disk = size(folder)
+    base = rss_kinds()["RssAnon"]
+    opened = cls.load(folder)
+    opened.search(first[:500], 100)  # a query touches a few postings pages only
+    anon = rss_kinds()["RssAnon"] - base
+    out = {"channel": args.channel, "mode": args.mode, "fraction": args.fraction, "samples": n,
+           "build_seconds": round(seconds, 2), "build_samples_per_s": round(n / seconds, 1),
+           "build_peak_rss_bytes": peak, "rss_before_build_bytes": rss0,
+           "build_peak_rss_growth_bytes": max(0, peak - rss0),
+           "rss_after_build": after_build,
+           "disk_bytes": disk, "disk_bytes_per_sample": disk / n,
+           "open_rss_anon_bytes_per_sample": anon / n}
+    if args.channel == "lexical":
+        from gif_core.engine import VOCAB_ENTRY_BYTES  # after the measurements: it loads torch
+
+        terms = len(opened._vocab)
+        out["vocabulary_terms"] = terms
+        # what the manifest's bytes_per_sample reports as the channel's RAM
+        out["ram_estimate_bytes_per_sample"] = terms * VOCAB_ENTRY_BYTES / n
+    else:
+        out["ram_estimate_bytes_per_sample"] = 0.0
+    del opened
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def measure_channels(args) -> dict:
+    """Lexical and verbatim channels on the real texts of the packaged corpora (see
+    :func:`stage_channels`); the streaming build at several corpus fractions shows whether its
+    peak memory grows with the corpus, the one-shot build on all texts is the reference."""
+    work = Path(args.work) / "channels"
+    work.mkdir(parents=True, exist_ok=True)
+    counts = write_channel_texts(args.channel_corpora, work / "texts.jsonl")
+    out = {"texts": {"corpora": counts, "total": sum(counts.values()),
+                     "bytes": (work / "texts.jsonl").stat().st_size},
+           "note": ("the synthetic fingerprint rows of the ANN sizes have no text; the lexical "
+                    "and verbatim channels are measured on these real texts only"),
+           "runs": []}
+    fractions = [float(f) for f in args.channel_fractions.split(",") if f.strip()]
+    for channel in ("lexical", "verbatim"):
+        # one child per run: peak RSS only ever grows within a process
+        for mode, fraction in [("stream", f) for f in fractions] + [("oneshot", 1.0)]:
+            args.channel, args.mode, args.fraction = channel, mode, fraction
+            got = run_child("channels", 0, args, work)
+            out["runs"].append(got)
+            print(f"channels: {channel} {mode} {got['samples']} texts: "
+                  f"{got['build_seconds']} s, peak RSS {got['build_peak_rss_bytes'] / 1e6:.0f} MB "
+                  f"(+{got['build_peak_rss_growth_bytes'] / 1e6:.0f} MB), disk "
+                  f"{got['disk_bytes_per_sample']:.0f} B/sample", file=sys.stderr)
+    full = {(r["channel"], r["mode"]): r for r in out["runs"]
+            if r["samples"] == out["texts"]["total"]}
+    out["summary"] = {
+        ch: {"disk_bytes_per_sample": round(full[(ch, "stream")]["disk_bytes_per_sample"], 1),
+             "ram_bytes_per_sample": round(full[(ch, "stream")]["ram_estimate_bytes_per_sample"],
+                                           1),
+             "open_rss_anon_bytes_per_sample": round(
+                 full[(ch, "stream")]["open_rss_anon_bytes_per_sample"], 1),
+             "build_peak_rss_bytes": full[(ch, "stream")]["build_peak_rss_bytes"],
+             "build_peak_rss_growth_bytes": full[(ch, "stream")]["build_peak_rss_growth_bytes"],
+             "oneshot_build_peak_rss_growth_bytes": full[(ch, "oneshot")][
+                 "build_peak_rss_growth_bytes"],
+             "stream_build_peak_rss_growth_bytes_by_samples": {
+                 r["samples"]: r["build_peak_rss_growth_bytes"] for r in out["runs"]
+                 if r["channel"] == ch and r["mode"] == "stream"}}
+        for ch in ("lexical", "verbatim") if (ch, "stream") in full and (ch, "oneshot") in full}
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -305,7 +424,7 @@ def run_child(stage: str, n: int, args, work: Path) -> dict:
            "--real-index", args.real_index, "--factory", args.factory, "--nprobe",
            str(args.nprobe), "--ef-search", str(args.ef_search), "--rerank", str(args.rerank),
            "--queries", str(args.queries), "-k", str(args.k), "--seed", str(args.seed),
-           "--channel", args.channel]
+           "--channel", args.channel, "--mode", args.mode, "--fraction", str(args.fraction)]
     # the children import gif_core from this checkout, not from wherever it is installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
@@ -334,10 +453,18 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true")
     p.add_argument("--channels", action="store_true",
-                   help="also measure the lexical and verbatim channels of --real-index")
+                   help="also measure the lexical and verbatim channels on the real texts of "
+                        "--channel-corpora (the synthetic rows have no text)")
+    p.add_argument("--channel-corpora", default="wiki,wordnet,fortunes",
+                   help="packaged corpora whose texts the channels are built from")
+    p.add_argument("--channel-fractions", default="0.25,1,8",
+                   help="shares of those texts the streaming build is measured on (above 1: "
+                        "the texts are read that many times over)")
     p.add_argument("--stage", choices=["build", "query", "channels"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--channel", default="lexical", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
+    p.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.stage:
@@ -351,16 +478,7 @@ def main() -> int:
                            "loadavg_start": list(os.getloadavg())},
                "sizes": []}
     if args.channels:
-        work = Path(args.work) / "channels"
-        work.mkdir(parents=True, exist_ok=True)
-        # one child per channel: peak RSS only ever grows within a process
-        results["channels"] = {}
-        for channel in ("lexical", "verbatim"):
-            args.channel = channel
-            got = run_child("channels", 0, args, work)
-            results["channels"].update(got)
-        print(f"channels: {json.dumps(results['channels'])}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+        results["channels"] = measure_channels(args)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     for n in sizes:

@@ -744,7 +744,7 @@ def build(samples: Sequence[Sample], out: str | Path, config: BuildConfig | None
                 progress(name, 0, 1)
                 if not work.is_done(name):
                     (tmp / name).mkdir(exist_ok=True)
-                    cls.build(texts).save(tmp / name)
+                    cls.build_to(tmp / name, texts)  # in bounded memory, batch by batch
                     work.mark_done(name)
                 progress(name, 1, 1)
 
@@ -838,7 +838,7 @@ def build_images(corpus: ImageCorpus, out: str | Path, config: BuildConfig | Non
         if captioned:
             with timer.stage("lexical"):
                 (tmp / "lexical").mkdir()
-                LexicalIndex.build(texts).save(tmp / "lexical")
+                LexicalIndex.build_to(tmp / "lexical", texts)
 
     def fit_rankers(engine: Engine) -> dict[str, Ranker]:
         n_img = min(config.ranker_queries, IMAGE_RANKER_QUERIES)

@@ -12,14 +12,28 @@ Scoring is Lucene BM25 (``k1 = 1.5``, ``b = 0.75``) with each *distinct* query t
 Bounded query cost: a query contributes at most :data:`MAX_QUERY_TERMS` distinct known terms,
 the rarest ones (highest idf, ties broken by vocabulary id). A 100,000-character paste therefore
 touches at most 256 posting lists, and rare terms have short lists.
+
+Bounded build memory (:meth:`LexicalIndex.build_to`): texts are read from any iterable, a batch
+at a time; their postings ``(term, row, tf)`` are buffered up to :data:`RUN_POSTINGS`, sorted by
+term and written to a scratch *run* file. Once every text is read, N, the average length and
+each term's document frequency are known, and the runs are merged a block of terms at a time
+(at most :data:`MERGE_POSTINGS` postings per block; a longer posting list is copied run by run,
+the runs holding consecutive rows) into the one BM25 index on disk, each posting's score
+computed with those global statistics. What stays in memory besides the fixed
+buffers is the vocabulary (which a query needs anyway), the document frequencies and 4 bytes of
+document length per sample. The files are those :meth:`LexicalIndex.build` writes through bm25s,
+with the same scores to the last bit, so :meth:`LexicalIndex.load` memory-maps either. (Term ids
+differ: bm25s numbers terms in set order, the streaming build in order of first occurrence.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +50,12 @@ MAX_QUERY_TERMS = 256
 FORMAT_VERSION = 1
 K1 = 1.5
 B = 0.75
+BATCH_TEXTS = 4096
+"""Texts tokenised (or shingled) together by the streaming builds."""
+RUN_POSTINGS = 1_000_000
+"""Postings buffered before a sorted run is written (12 bytes each: about 12 MB)."""
+MERGE_POSTINGS = 1_000_000
+"""Postings merged at a time from all runs (a single longer posting list is merged alone)."""
 
 _META_NAME = "gif_lexical.json"
 _BM25S_FILES = (
@@ -114,6 +134,130 @@ def nbytes_on_disk(directory: str | Path) -> int:
     )
 
 
+def _batches(texts: Iterable[str], size: int = BATCH_TEXTS) -> Iterator[list[str]]:
+    """Lists of at most ``size`` texts from any iterable; each item must be a str."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise InputError(
+            f"texts must be an iterable of str, got {type(texts).__name__}; pass a list of strings"
+        )
+    batch: list[str] = []
+    row = 0
+    for t in texts:
+        if not isinstance(t, str):
+            raise InputError(
+                f"texts[{row}] must be str, got {type(t).__name__}; convert every sample to text"
+            )
+        batch.append(t)
+        row += 1
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+    if row == 0:
+        raise InputError("texts is empty; an index needs at least one sample text")
+
+
+class NpyAppender:
+    """A 1-D ``.npy`` file written front to back with plain writes (no memory map, so the pages
+    written do not count in the writer's resident memory); the length goes into the header when
+    the file is closed. The header is padded to a fixed 128 bytes so it can be rewritten."""
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype: np.dtype | str) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self._fh = self.path.open("wb")
+        self._fh.write(self._header(0))
+
+    def _header(self, count: int) -> bytes:
+        from numpy.lib import format as npformat
+
+        text = (f"{{'descr': {npformat.dtype_to_descr(self.dtype)!r}, 'fortran_order': False, "
+                f"'shape': ({count},), }}")
+        body = text.encode("latin1").ljust(self.HEADER - 10 - 1) + b"\n"
+        return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+    def write(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self._fh.write(arr.tobytes())
+        self.count += arr.size
+
+    def close(self) -> None:
+        self._fh.seek(0)
+        self._fh.write(self._header(self.count))
+        self._fh.close()
+
+
+def read_slice(path: Path, dtype: np.dtype | str, start: int, stop: int,
+               header: int = 0) -> np.ndarray:
+    """Items ``[start, stop)`` of a raw array file, read with a plain read (not a memory map)."""
+    dtype = np.dtype(dtype)
+    if stop <= start:
+        return np.zeros(0, dtype=dtype)
+    with open(path, "rb") as fh:
+        fh.seek(header + start * dtype.itemsize)
+        return np.fromfile(fh, dtype=dtype, count=stop - start)
+
+
+class Scratch:
+    """Scratch folder of a streaming build inside its target directory, removed on exit (also
+    when the build fails, which leaves any index already in the directory as it was)."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        self.path = Path(directory) / f".building-{label}"
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.path, ignore_errors=True)  # left by a build that was killed
+        self.path.mkdir()
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def install(directory: Path, files: dict[str, Path], meta_name: str, meta: dict) -> None:
+    """Move finished files into ``directory``; the metadata goes first out and last in, so a
+    crash half-way leaves a folder that :func:`read_component_meta` refuses ("rebuild")."""
+    d = Path(directory)
+    (d / meta_name).unlink(missing_ok=True)
+    for name, src in files.items():
+        os.replace(src, d / name)
+    tmp = d / f".{meta_name}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, d / meta_name)
+
+
+def plan_blocks(counts: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``[a, b)`` ranges of ``counts`` whose sums stay within ``limit`` (a single
+    item over the limit is a block of its own)."""
+    blocks: list[tuple[int, int]] = []
+    if counts.size == 0:
+        return blocks
+    cum = np.cumsum(counts, dtype=np.int64)
+    a = 0
+    while a < counts.size:
+        base = cum[a - 1] if a else 0
+        b = int(np.searchsorted(cum, base + limit, side="right"))
+        b = max(b, a + 1)
+        blocks.append((a, b))
+        a = b
+    return blocks
+
+
+def _norms(lengths: np.ndarray, avgdl: float) -> np.ndarray:
+    """BM25 length normalisation per document, with bm25s's operations in its order."""
+    return K1 * ((1 - B) + B * lengths.astype(np.float64) / np.float64(avgdl))
+
+
+def _idf(df: np.ndarray, n: int) -> np.ndarray:
+    """Lucene idf per term, rounded to float32 as bm25s stores it."""
+    df = df.astype(np.float64)
+    return np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
 class LexicalIndex:
     """BM25 index over a corpus; rows are corpus positions ``0 .. num_docs - 1``."""
 
@@ -132,7 +276,8 @@ class LexicalIndex:
 
     @classmethod
     def build(cls, texts: Sequence[str], *, show_progress: bool = False) -> LexicalIndex:
-        """Tokenise and index ``texts``. Raises :class:`InputError` for an empty corpus."""
+        """Tokenise and index ``texts`` in memory (all token lists at once); :meth:`build_to`
+        does the same in bounded memory. Raises :class:`InputError` for an empty corpus."""
         import bm25s
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG
 
@@ -162,6 +307,161 @@ class LexicalIndex:
             int(bm25.scores["data"].shape[0]),
         )
         return cls(bm25, meta)
+
+    @classmethod
+    def build_to(cls, directory: str | Path, texts: Iterable[str], *,
+                 run_postings: int = RUN_POSTINGS,
+                 merge_postings: int = MERGE_POSTINGS) -> LexicalIndex:
+        """Index ``texts`` (any iterable, read once) into the existing ``directory`` in bounded
+        memory (see the module docstring) and open the result memory-mapped.
+
+        Same files, scores and rankings as ``build(texts).save(directory)``. An index already in
+        ``directory`` stays usable until the new one is complete; if the build fails (bad
+        input, interruption) it is left as it was.
+        """
+        import bm25s
+
+        d = Path(directory)
+        if not d.is_dir():
+            raise InputError(f"{d} is not a directory; create it before building the lexical "
+                             f"index")
+        vocab: dict[str, int] = {}
+        df = np.zeros(0, dtype=np.int64)
+        lengths: list[np.ndarray] = []
+        with Scratch(d, "lexical") as scratch:
+            runs: list[tuple[Path, Path, int]] = []
+            buf_keys: list[np.ndarray] = []
+            buf_tf: list[np.ndarray] = []
+            buffered = 0
+
+            def flush() -> None:
+                nonlocal buffered
+                if not buffered:
+                    return
+                keys = np.concatenate(buf_keys)
+                tf = np.concatenate(buf_tf)
+                buf_keys.clear()
+                buf_tf.clear()
+                order = np.argsort(keys)  # (term << 32 | row) is unique per posting
+                kp, tp = scratch / f"run{len(runs)}.keys", scratch / f"run{len(runs)}.tf"
+                keys[order].tofile(kp)
+                tf[order].tofile(tp)
+                runs.append((kp, tp, int(keys.size)))
+                buffered = 0
+
+            row = 0
+            for batch in _batches(texts):
+                docs, tids = [], []
+                lens = np.zeros(len(batch), dtype=np.uint32)
+                for j, text in enumerate(batch):
+                    toks = tokenize(text)
+                    lens[j] = len(toks)
+                    tids.extend(vocab.setdefault(t, len(vocab)) for t in toks)
+                    docs.extend([row + j] * len(toks))
+                lengths.append(lens)
+                row += len(batch)
+                if not tids:
+                    continue
+                packed = (np.asarray(tids, dtype=np.uint64) << np.uint64(32)) | np.asarray(
+                    docs, dtype=np.uint64)
+                keys, tf = np.unique(packed, return_counts=True)
+                if df.size < len(vocab):
+                    df = np.concatenate([df, np.zeros(max(len(vocab) - df.size, df.size),
+                                                      dtype=np.int64)])
+                df += np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=df.size)
+                buf_keys.append(keys)
+                buf_tf.append(tf.astype(np.uint32))
+                buffered += keys.size
+                if buffered >= run_postings:
+                    flush()
+            flush()
+            num = row
+            dl = np.concatenate(lengths)
+            del lengths
+            total = int(dl.sum(dtype=np.int64))
+            if total == 0:
+                raise InputError(
+                    "no text in the corpus contains a word token; check that the text field is "
+                    "set to the column holding the sample text"
+                )
+            if num >= 2 ** 31:
+                raise InputError(f"{num:,} samples exceed the lexical index's 2^31 rows")
+            df = df[:len(vocab)]
+            avgdl = total / num
+            idf = _idf(df, num)
+
+            data = NpyAppender(scratch / "data.csc.index.npy", np.float32)
+            indices = NpyAppender(scratch / "indices.csc.index.npy", np.int32)
+            cursors = [0] * len(runs)
+
+            def emit(keys: np.ndarray, tf: np.ndarray) -> None:
+                """Score and write postings sorted by (term, row)."""
+                tid = (keys >> np.uint64(32)).astype(np.int64)
+                doc = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+                tf = tf.astype(np.float32)
+                # bm25s: idf (float32) * tf / (norm (float64) + tf (float32)), stored as float32
+                norms = _norms(dl[doc], avgdl)
+                data.write((idf[tid] * (tf / (norms + tf))).astype(np.float32))
+                indices.write(doc.astype(np.int32))
+
+            for a, b in plan_blocks(df, merge_postings):
+                ends = []
+                for kp, _, size in runs:
+                    # the run's postings of terms [a, b) end at the first key of term b; the map
+                    # is opened per block so the pages the search touches do not add up
+                    if b >= len(vocab):
+                        ends.append(size)
+                    else:
+                        keys_map = np.memmap(kp, dtype=np.uint64, mode="r")
+                        ends.append(int(np.searchsorted(keys_map, np.uint64(b) << np.uint64(32))))
+                        del keys_map
+                if b - a == 1:
+                    # one term (its list may be longer than a block): runs hold consecutive rows,
+                    # so its postings are already in row order run after run
+                    for r, (kp, tp, _) in enumerate(runs):
+                        if ends[r] > cursors[r]:
+                            emit(read_slice(kp, np.uint64, cursors[r], ends[r]),
+                                 read_slice(tp, np.uint32, cursors[r], ends[r]))
+                        cursors[r] = ends[r]
+                    continue
+                parts_k, parts_t = [], []
+                for r, (kp, tp, _) in enumerate(runs):
+                    if ends[r] > cursors[r]:
+                        parts_k.append(read_slice(kp, np.uint64, cursors[r], ends[r]))
+                        parts_t.append(read_slice(tp, np.uint32, cursors[r], ends[r]))
+                    cursors[r] = ends[r]
+                keys = np.concatenate(parts_k)
+                tf = np.concatenate(parts_t)
+                del parts_k, parts_t
+                order = np.argsort(keys)
+                emit(keys[order], tf[order])
+                del keys, tf, order
+            data.close()
+            indices.close()
+            indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+            np.cumsum(df, out=indptr[1:])
+            if indices.count != int(indptr[-1]):  # pragma: no cover - an internal invariant
+                raise RuntimeError(f"lexical merge wrote {indices.count} postings of "
+                                   f"{int(indptr[-1])}")
+            np.save(scratch / "indptr.csc.index.npy", indptr, allow_pickle=False)
+            n_terms = len(vocab)
+            # bm25s adds an empty token after the vocabulary (no postings); kept for parity
+            vocab.setdefault("", n_terms)
+            (scratch / "vocab.index.json").write_text(json.dumps(vocab, ensure_ascii=False),
+                                                      encoding="utf-8")
+            del vocab
+            ref = bm25s.BM25(k1=K1, b=B, method="lucene")
+            params = {"k1": ref.k1, "b": ref.b, "delta": ref.delta, "method": ref.method,
+                      "idf_method": ref.idf_method, "dtype": ref.dtype,
+                      "int_dtype": ref.int_dtype, "num_docs": num,
+                      "version": bm25s.__version__, "backend": ref.backend}
+            (scratch / "params.index.json").write_text(json.dumps(params, indent=4))
+            meta = {"format": "gif-lexical", "format_version": FORMAT_VERSION, "num_docs": num,
+                    "avgdl": float(avgdl), "k1": K1, "b": B, "max_query_terms": MAX_QUERY_TERMS}
+            install(d, {name: scratch / name for name in _BM25S_FILES}, _META_NAME, meta)
+        logger.info("lexical index: %d docs, %d terms, %d postings (%d runs)", num, n_terms,
+                    int(indptr[-1]), len(runs))
+        return cls.load(d)
 
     def save(self, directory: str | Path) -> None:
         """Write the index files into the existing ``directory``."""

@@ -178,18 +178,16 @@ def add_samples(directory: str | Path, samples: Sequence[Sample], *,
         faiss.write_index(index, str(tmp / "fingerprints.faiss"))
         _append_samples(directory, tmp, samples)
 
-        # BM25 idf and the verbatim stop list depend on the whole corpus: rebuilt over all texts
+        # BM25 idf and the verbatim stop list depend on the whole corpus: rebuilt over all texts,
+        # streamed from the merged sample store in bounded memory
         merged = SampleStore(tmp)
-        texts = [r["text"] for r in merged.records()]
-        merged.close()
         (tmp / "lexical").mkdir(exist_ok=True)
         (tmp / "verbatim").mkdir(exist_ok=True)
-        progress("lexical", 0, 1)
-        LexicalIndex.build(texts).save(tmp / "lexical")
-        progress("lexical", 1, 1)
-        progress("verbatim", 0, 1)
-        VerbatimIndex.build(texts).save(tmp / "verbatim")
-        progress("verbatim", 1, 1)
+        for name, cls in (("lexical", LexicalIndex), ("verbatim", VerbatimIndex)):
+            progress(name, 0, 1)
+            cls.build_to(tmp / name, (r["text"] for r in merged.records()))
+            progress(name, 1, 1)
+        merged.close()
 
         # the new rows change the curvature, and with it the scale LiSSA needs to converge
         e_all = np.load(tmp / "embeddings.npy", mmap_mode="r")

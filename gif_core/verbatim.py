@@ -14,6 +14,16 @@ Index
     query cost; their hashes are kept in a small ``stop`` array and are ignored on the query side
     too, so an exact copy of a sample still has coverage 1.0.
 
+    :meth:`VerbatimIndex.build_to` builds the same arrays in bounded memory: texts are read from
+    any iterable a batch at a time, their (shingle, row) pairs buffered up to :data:`RUN_PAIRS`,
+    sorted by hash and written to scratch *run* files with an offset table over the top
+    :data:`BUCKET_BITS` bits of the hash; the runs are then merged one range of hash buckets at a
+    time (at most :data:`MERGE_PAIRS` pairs; a bucket over that, as a boilerplate shingle makes
+    one, is halved by hash range until it fits or holds one hash, whose pairs are then copied run
+    by run), the df cap applied with the final N, and the result written front to back without
+    a memory map. Memory beyond the fixed buffers: the
+    offset tables (32 KB per run) and the stop list.
+
 Query
     A query's distinct shingles (minus stop shingles) are looked up; a sample's *coverage* is the
     fraction of those shingles it contains. At most :data:`MAX_QUERY_SHINGLES` distinct shingles
@@ -31,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +49,19 @@ from pathlib import Path
 import numpy as np
 
 from gif_core.errors import IndexFormatError, InputError
-from gif_core.lexical import _check_k, _check_query, _check_rows, _check_texts, rank_sparse
+from gif_core.lexical import (
+    NpyAppender,
+    Scratch,
+    _batches,
+    _check_k,
+    _check_query,
+    _check_rows,
+    _check_texts,
+    install,
+    plan_blocks,
+    rank_sparse,
+    read_slice,
+)
 from gif_core.normalize import normalize_text, normalize_with_bounds, token_spans, verbatim_tokens
 from gif_core.store import read_component_meta
 
@@ -53,6 +75,12 @@ FORMAT_VERSION = 1
 _META_NAME = "gif_verbatim.json"
 _ARRAYS = ("keys", "docs", "stop")
 _BATCH_DOCS = 4096
+RUN_PAIRS = 2_000_000
+"""(shingle, row) pairs buffered before a sorted run is written (12 bytes each: about 24 MB)."""
+MERGE_PAIRS = 1_000_000
+"""Pairs merged at a time from all runs."""
+BUCKET_BITS = 12
+"""Top hash bits that split a run into ranges the merge reads one at a time."""
 
 # Odd 64-bit multipliers, one per window position, plus one for the window length.
 _MULTIPLIERS = np.array(
@@ -151,14 +179,10 @@ class VerbatimIndex:
         max_df_fraction: float = 0.01,
         show_progress: bool = False,
     ) -> VerbatimIndex:
-        """Index the ``n``-token shingles of ``texts``. Raises :class:`InputError` when empty."""
+        """Index the ``n``-token shingles of ``texts`` in memory (all pairs at once);
+        :meth:`build_to` does the same in bounded memory. Raises :class:`InputError` when empty."""
         texts = _check_texts(texts)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-            raise InputError(f"n must be an integer in [1, {MAX_N}], got {n!r}; the default is 5")
-        if not 0.0 < float(max_df_fraction) <= 1.0:
-            raise InputError(
-                f"max_df_fraction must be in (0, 1], got {max_df_fraction!r}; the default is 0.01"
-            )
+        cls._check_params(n, max_df_fraction)
         num = len(texts)
         key_parts: list[np.ndarray] = []
         doc_parts: list[np.ndarray] = []
@@ -216,6 +240,191 @@ class VerbatimIndex:
             cap,
         )
         return cls(keys, docs, stop, meta)
+
+    @classmethod
+    def build_to(
+        cls,
+        directory: str | Path,
+        texts: Iterable[str],
+        *,
+        n: int = 5,
+        max_df_fraction: float = 0.01,
+        run_pairs: int = RUN_PAIRS,
+        merge_pairs: int = MERGE_PAIRS,
+    ) -> VerbatimIndex:
+        """Index ``texts`` (any iterable, read once) into the existing ``directory`` in bounded
+        memory (see the module docstring) and open the result memory-mapped.
+
+        Same arrays as ``build(texts, n=n, max_df_fraction=...).save(directory)``. An index
+        already in ``directory`` stays usable until the new one is complete; if the build fails
+        (bad input, interruption) it is left as it was.
+        """
+        d = Path(directory)
+        if not d.is_dir():
+            raise InputError(f"{d} is not a directory; create it before building the verbatim "
+                             f"index")
+        cls._check_params(n, max_df_fraction)
+        shift = np.uint64(64 - BUCKET_BITS)
+        buckets = 1 << BUCKET_BITS
+        with Scratch(d, "verbatim") as scratch:
+            runs: list[tuple[Path, Path, np.ndarray]] = []
+            buf_k: list[np.ndarray] = []
+            buf_d: list[np.ndarray] = []
+            buffered = 0
+
+            def flush() -> None:
+                nonlocal buffered
+                if not buffered:
+                    return
+                keys = np.concatenate(buf_k)
+                docs = np.concatenate(buf_d)
+                buf_k.clear()
+                buf_d.clear()
+                # batches come in row order, rows ascending inside: a stable sort on the hash
+                # leaves rows ascending within each hash
+                order = np.argsort(keys, kind="stable")
+                keys, docs = keys[order], docs[order]
+                del order
+                offsets = np.zeros(buckets + 1, dtype=np.int64)
+                np.cumsum(np.bincount((keys >> shift).astype(np.int64), minlength=buckets),
+                          out=offsets[1:])
+                kp, dp = scratch / f"run{len(runs)}.keys", scratch / f"run{len(runs)}.docs"
+                keys.tofile(kp)
+                docs.tofile(dp)
+                runs.append((kp, dp, offsets))
+                buffered = 0
+
+            num = 0
+            for batch in _batches(texts, _BATCH_DOCS):
+                keys, docs = cls._batch_pairs(batch, 0, len(batch), n)
+                docs += np.uint32(num)
+                num += len(batch)
+                if num >= 2 ** 32:
+                    raise InputError(f"{num:,} samples exceed the verbatim index's 2^32 rows")
+                buf_k.append(keys)
+                buf_d.append(docs)
+                buffered += keys.size
+                if buffered >= run_pairs:
+                    flush()
+            flush()
+            if not runs:
+                raise InputError(
+                    "no text in the corpus contains a word token; check that the text field is "
+                    "set to the column holding the sample text"
+                )
+            cap = max(MIN_DF_CAP, int(np.ceil(max_df_fraction * num)))
+            counts = np.diff(sum(off for _, _, off in runs))
+            out_k = NpyAppender(scratch / "verbatim_keys.npy", np.uint64)
+            out_d = NpyAppender(scratch / "verbatim_docs.npy", np.uint32)
+            stops: list[np.ndarray] = []
+            for single, lo, hi in cls._merge_pieces(runs, counts, merge_pairs):
+                if single:
+                    # one shingle with more pairs than a block: its rows ascend run after run
+                    df_one = sum(e - b for b, e in zip(lo, hi, strict=True))
+                    r = next(i for i in range(len(runs)) if hi[i] > lo[i])
+                    key = read_slice(runs[r][0], np.uint64, lo[r], lo[r] + 1)
+                    if df_one > cap:
+                        stops.append(key)
+                        continue
+                    for (_, dp, _), b, e in zip(runs, lo, hi, strict=True):
+                        if e > b:
+                            out_k.write(np.full(e - b, key[0], dtype=np.uint64))
+                            out_d.write(read_slice(dp, np.uint32, b, e))
+                    continue
+                parts_k, parts_d = [], []
+                for (kp, dp, _), b, e in zip(runs, lo, hi, strict=True):
+                    if e > b:
+                        parts_k.append(read_slice(kp, np.uint64, b, e))
+                        parts_d.append(read_slice(dp, np.uint32, b, e))
+                if not parts_k:
+                    continue
+                keys = np.concatenate(parts_k)
+                docs = np.concatenate(parts_d)
+                del parts_k, parts_d
+                # runs are in row order, so a stable sort keeps rows ascending within a hash
+                order = np.argsort(keys, kind="stable")
+                keys, docs = keys[order], docs[order]
+                del order
+                new = np.concatenate(([True], keys[1:] != keys[:-1]))
+                starts = np.flatnonzero(new)
+                df = np.diff(np.append(starts, keys.size))
+                common = df > cap
+                if common.any():
+                    stops.append(keys[starts[common]])
+                    keep = ~np.repeat(common, df)
+                    keys, docs = keys[keep], docs[keep]
+                out_k.write(keys)
+                out_d.write(docs)
+                del keys, docs, new, starts, df, common
+            out_k.close()
+            out_d.close()
+            stop = np.concatenate(stops) if stops else np.zeros(0, dtype=np.uint64)
+            np.save(scratch / "verbatim_stop.npy", stop, allow_pickle=False)
+            meta = {
+                "format": "gif-verbatim",
+                "format_version": FORMAT_VERSION,
+                "num_docs": num,
+                "n": n,
+                "max_df_fraction": float(max_df_fraction),
+                "df_cap": cap,
+                "num_postings": int(out_k.count),
+                "num_stop_shingles": int(stop.size),
+            }
+            install(d, {f"verbatim_{a}.npy": scratch / f"verbatim_{a}.npy" for a in _ARRAYS},
+                    _META_NAME, meta)
+        logger.info(
+            "verbatim index: %d docs, %d postings, %d common shingles dropped (df > %d), %d runs",
+            num, out_k.count, stop.size, cap, len(runs),
+        )
+        return cls.load(d)
+
+    @staticmethod
+    def _merge_pieces(runs: list[tuple[Path, Path, np.ndarray]], counts: np.ndarray,
+                      limit: int):
+        """Pieces of the merge in hash order: ``(single, lo, hi)`` with per-run pair ranges
+        ``[lo[r], hi[r])`` holding at most ``limit`` pairs in all, or (``single`` True) all the
+        pairs of one shingle hash, however many. Runs of hash buckets come from the offset
+        tables; a bucket over the limit (a boilerplate shingle in many samples) is halved by
+        hash range, with binary searches in the runs, until the pieces fit or hold one hash."""
+        shift = 64 - BUCKET_BITS
+
+        def positions(key: int) -> list[int]:
+            out = []
+            for kp, _, off in runs:
+                keys_map = np.memmap(kp, dtype=np.uint64, mode="r") if off[-1] else None
+                out.append(0 if keys_map is None else
+                           int(np.searchsorted(keys_map, np.uint64(key))))
+                del keys_map  # unmapped at once, so the pages searched do not add up
+            return out
+
+        def split(lo_key: int, hi_key: int, lo: list[int], hi: list[int]):
+            total = sum(e - b for b, e in zip(lo, hi, strict=True))
+            if total <= limit:
+                yield False, lo, hi
+            elif hi_key - lo_key == 1:
+                yield True, lo, hi
+            else:
+                mid_key = (lo_key + hi_key) // 2
+                mid = positions(mid_key)
+                yield from split(lo_key, mid_key, lo, mid)
+                yield from split(mid_key, hi_key, mid, hi)
+
+        for a, b in plan_blocks(counts, limit):
+            lo = [int(off[a]) for _, _, off in runs]
+            hi = [int(off[b]) for _, _, off in runs]
+            if b - a == 1 and counts[a] > limit:
+                yield from split(a << shift, (a + 1) << shift, lo, hi)
+            else:
+                yield False, lo, hi
+
+    @staticmethod
+    def _check_params(n: object, max_df_fraction: object) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+            raise InputError(f"n must be an integer in [1, {MAX_N}], got {n!r}; the default is 5")
+        if not 0.0 < float(max_df_fraction) <= 1.0:
+            raise InputError(
+                f"max_df_fraction must be in (0, 1], got {max_df_fraction!r}; the default is 0.01"
+            )
 
     @staticmethod
     def _batch_pairs(

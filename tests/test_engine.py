@@ -140,7 +140,7 @@ def test_failed_build_leaves_previous_index_usable(tmp_path, wiki_slice, encoder
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(eng.LexicalIndex, "build", boom)
+    monkeypatch.setattr(eng.LexicalIndex, "build_to", boom)  # the channel build it calls
     with pytest.raises(RuntimeError, match="disk full"):
         build(wiki_slice[60:120], out, BuildConfig(ranker_queries=0), encoder=encoder)
     assert (out / "manifest.json").read_bytes() == before

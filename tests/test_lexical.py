@@ -136,3 +136,99 @@ def test_long_query_is_bounded(index: LexicalIndex, texts: list[str]) -> None:
     assert elapsed < 2.0, f"100k-char query took {elapsed:.2f}s (bound 2s)"
     assert rows.size == 10
     assert index._query_terms(big)[0].size == MAX_QUERY_TERMS
+
+
+# ---------------------------------------------------------------- streaming (bounded-memory) build
+
+
+def _glosses(n: int) -> list[str]:
+    from gif_core.data import wordnet_samples
+
+    return [s.text for s in wordnet_samples()[:n]]
+
+
+@pytest.fixture(scope="module")
+def mixed_texts(texts: list[str]) -> list[str]:
+    """Wikipedia summaries, WordNet glosses and CJK sentences: long and short documents."""
+    return texts + _glosses(3000) + CJK_DOCS
+
+
+def test_streamed_build_equals_one_shot(mixed_texts: list[str], tmp_path: Path) -> None:
+    one = LexicalIndex.build(mixed_texts)
+    # tiny runs and merge blocks: about ten sorted runs on disk, merged 300 postings at a time;
+    # the lists of common words ("the", "of") are longer and are copied run by run
+    streamed = LexicalIndex.build_to(tmp_path, (t for t in mixed_texts), run_postings=5_000,
+                                     merge_postings=300)
+    assert streamed._indptr[streamed._vocab["the"] + 1] - streamed._indptr[
+        streamed._vocab["the"]] > 300
+    assert isinstance(streamed._data, np.memmap)
+    assert streamed.num_docs == one.num_docs == len(mixed_texts)
+    assert streamed._meta == one._meta
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # scratch removed
+    # same posting lists with the same float32 scores, term by term (term ids differ)
+    assert set(streamed._vocab) == set(one._vocab)
+    for term in ("the", "kubrick", "odyssey", "长城", "entity"):
+        a, b = one._vocab[term], streamed._vocab[term]
+        ra = slice(one._indptr[a], one._indptr[a + 1])
+        rb = slice(streamed._indptr[b], streamed._indptr[b + 1])
+        np.testing.assert_array_equal(one._indices[ra], streamed._indices[rb])
+        np.testing.assert_array_equal(one._data[ra], streamed._data[rb])
+    assert streamed._data.shape == one._data.shape
+    queries = ["Kubrick Clarke Sentinel screenplay", mixed_texts[17][:300],
+               mixed_texts[600], "a small domesticated carnivorous mammal", CJK_DOCS[1]]
+    for q in queries:
+        s1, r1 = one.search(q, 100)
+        s2, r2 = streamed.search(q, 100)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_allclose(s2, s1, rtol=0, atol=1e-5)
+        assert streamed.max_score(q) == pytest.approx(one.max_score(q), abs=1e-5)
+    # a known query: row 1 ("2001: A Space Odyssey") first, with the one-shot build's score
+    scores, rows = streamed.search("Kubrick Clarke Sentinel screenplay", 3)
+    assert rows[0] == 1 and mixed_texts[1].startswith("2001: A Space Odyssey")
+    assert float(scores[0]) == pytest.approx(float(one.search(
+        "Kubrick Clarke Sentinel screenplay", 1)[0][0]), abs=1e-5)
+    reopened = LexicalIndex.load(tmp_path)
+    np.testing.assert_array_equal(reopened.search(queries[1], 10)[1], one.search(queries[1], 10)[1])
+
+
+def test_streamed_build_failure_keeps_previous_index(texts: list[str], tmp_path: Path) -> None:
+    before = LexicalIndex.build_to(tmp_path, texts[:100], run_postings=2_000)
+    expected = before.search("Kubrick Clarke Sentinel screenplay", 5)
+    files = sorted(p.name for p in tmp_path.iterdir())
+
+    def broken():  # a corpus reader that fails half-way, after runs were written
+        yield from texts[100:400]
+        yield 42
+
+    with pytest.raises(InputError, match=r"texts\[300\] must be str"):
+        LexicalIndex.build_to(tmp_path, broken(), run_postings=2_000)
+
+    def interrupted():
+        yield from texts[100:400]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LexicalIndex.build_to(tmp_path, interrupted(), run_postings=2_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # no scratch left behind
+    after = LexicalIndex.load(tmp_path)
+    assert after.num_docs == 100
+    got = after.search("Kubrick Clarke Sentinel screenplay", 5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    # a scratch folder left by a killed build is cleared by the next build
+    (tmp_path / ".building-lexical").mkdir()
+    (tmp_path / ".building-lexical" / "run0.keys").write_bytes(b"junk")
+    assert LexicalIndex.build_to(tmp_path, texts[:50]).num_docs == 50
+    assert not (tmp_path / ".building-lexical").exists()
+
+
+def test_streamed_build_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="empty"):
+        LexicalIndex.build_to(tmp_path, iter([]))
+    with pytest.raises(InputError, match="iterable of str"):
+        LexicalIndex.build_to(tmp_path, "one long string")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="no text"):
+        LexicalIndex.build_to(tmp_path, ["", "  ...  "])
+    with pytest.raises(InputError, match="not a directory"):
+        LexicalIndex.build_to(tmp_path / "missing", ["text"])
+    assert list(tmp_path.iterdir()) == []

@@ -228,6 +228,28 @@ def test_add_then_remove(small_built, wiki_slice, encoder):
         check_queries(engine, [Query("q1", added[5].text, [added[5].id], "exact")])
 
 
+def test_add_rebuilds_sparse_channels_as_one_shot(small_built, wiki_slice, encoder):
+    """`gif add` streams all texts of the grown corpus through the bounded-memory channel builds;
+    the result equals a one-shot in-memory build over the same 80 texts."""
+    from gif_core.lexical import LexicalIndex
+    from gif_core.verbatim import VerbatimIndex
+
+    add_samples(small_built, wiki_slice[60:80], encoder=encoder)
+    texts = [s.text for s in wiki_slice[:80]]
+    lex, ref = LexicalIndex.load(small_built / "lexical"), LexicalIndex.build(texts)
+    assert lex.num_docs == 80
+    for q in (texts[70], "Kubrick Clarke Sentinel screenplay", texts[3][:200]):
+        s1, r1 = ref.search(q, 20)
+        s2, r2 = lex.search(q, 20)
+        np.testing.assert_array_equal(r2, r1)
+        np.testing.assert_allclose(s2, s1, rtol=0, atol=1e-5)
+    assert lex.search(texts[70], 1)[1][0] == 70
+    verb, vref = VerbatimIndex.load(small_built / "verbatim"), VerbatimIndex.build(texts)
+    np.testing.assert_array_equal(verb._keys, vref._keys)
+    np.testing.assert_array_equal(verb._docs, vref._docs)
+    assert not [p for p in (small_built / "lexical").iterdir() if p.name.startswith(".")]
+
+
 def test_remove_unknown_or_repeated_ids_changes_nothing(small_built, wiki_slice):
     before = (small_built / "manifest.json").read_bytes()
     with pytest.raises(InputError, match=r"1 of the 2 id\(s\) are not in .*'no-such-id'"):

@@ -199,3 +199,67 @@ def test_long_query_is_bounded(index: VerbatimIndex, texts: list[str]) -> None:
     # texts[3] lies wholly inside the first 100k characters, so it is one span
     assert spans[0].source_start == 0 and spans[0].source_end == len(texts[3])
     assert big[spans[0].query_start : spans[0].query_end] == texts[3]
+
+
+# ---------------------------------------------------------------- streaming (bounded-memory) build
+
+
+def test_streamed_build_equals_one_shot(texts: list[str], tmp_path: Path) -> None:
+    boiler = "This article is licensed under the Creative Commons Attribution Share Alike licence."
+    # boilerplate on 100 rows (df over the cap of 64: stop shingles), CJK and very short texts
+    corpus = [t + " " + boiler if i % 5 == 0 else t for i, t in enumerate(texts)]
+    corpus += CJK_DOCS + ["short", "two words", ""]
+    one = VerbatimIndex.build(corpus)
+    assert one._stop.size >= 8
+    streamed = VerbatimIndex.build_to(tmp_path, iter(corpus), run_pairs=4_000, merge_pairs=3_000)
+    assert isinstance(streamed._keys, np.memmap)
+    assert streamed._meta == one._meta
+    for name in ("_keys", "_docs", "_stop"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(one, name))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # scratch removed
+    for query in (corpus[5], PREFIX + SENTENCE + SUFFIX, texts[321][:300], CJK_DOCS[0], "short"):
+        c1, r1 = one.search(query, 50)
+        c2, r2 = streamed.search(query, 50)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_allclose(c2, c1, rtol=0, atol=1e-6)
+    cov, rows = streamed.search(PREFIX + SENTENCE + SUFFIX, 3)
+    assert rows[0] == SENTENCE_ROW and 0.4 < cov[0] < 1.0  # the chatty wrapper is not in it
+
+
+def test_streamed_build_failure_keeps_previous_index(texts: list[str], tmp_path: Path) -> None:
+    before = VerbatimIndex.build_to(tmp_path, texts[:200], run_pairs=3_000)
+    expected = before.search(SENTENCE, 3)
+    files = sorted(p.name for p in tmp_path.iterdir())
+
+    def broken():
+        yield from texts[200:450]
+        yield b"bytes, not text"
+
+    with pytest.raises(InputError, match=r"texts\[250\] must be str"):
+        VerbatimIndex.build_to(tmp_path, broken(), run_pairs=3_000)
+    with pytest.raises(InputError, match="max_df_fraction"):
+        VerbatimIndex.build_to(tmp_path, texts, max_df_fraction=0.0)
+    with pytest.raises(InputError, match="no text"):
+        VerbatimIndex.build_to(tmp_path, ["", "..."])
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    after = VerbatimIndex.load(tmp_path)
+    assert after.num_docs == 200
+    got = after.search(SENTENCE, 3)
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[1][0] == SENTENCE_ROW and got[0][0] == pytest.approx(1.0)
+
+
+def test_streamed_build_splits_buckets_of_boilerplate(texts: list[str], tmp_path: Path) -> None:
+    """A bucket of hashes over the merge block is halved until it fits; a shingle with more
+    pairs than a block is copied run by run, or dropped when over the df cap."""
+    common = "This article is licensed under the Creative Commons Attribution Share Alike licence."
+    rarer = "Text from the public domain encyclopaedia, edition of nineteen eleven, volume four."
+    corpus = [t + " " + common if i % 4 == 0 else t for i, t in enumerate(texts[:400])]
+    corpus = [t + " " + rarer if i % 13 == 0 else t for i, t in enumerate(corpus)]
+    one = VerbatimIndex.build(corpus)  # df 100 > cap 64 (dropped); df 31 (kept)
+    streamed = VerbatimIndex.build_to(tmp_path, corpus, run_pairs=2_000, merge_pairs=20)
+    assert streamed._meta == one._meta and one._stop.size >= 8
+    for name in ("_keys", "_docs", "_stop"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(one, name))
+    cov, rows = streamed.search(rarer, 40)
+    assert rows.tolist() == list(range(0, 400, 13)) and np.all(cov == 1.0)
