@@ -39,6 +39,7 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -182,6 +183,60 @@ def manifest_summary(engine) -> dict[str, Any]:
     }
 
 
+MAX_BODY_BYTES = 32_000_000
+"""Largest request body read: a 20 MB image as base64 in JSON, or a 1,000,000-character text
+with every character escaped, fits; anything larger is refused (413) before it is parsed."""
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes with 413 as soon as its declared
+    length (or, for a chunked body, the bytes read so far) passes the limit, so an oversized
+    request never sits whole in memory."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+        over = False
+
+        async def counted_receive():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # stop reading: the app sees a cut body, and its answer is replaced below
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message):
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        await self.app(scope, counted_receive, guarded_send)
+
+    async def _refuse(self, send):
+        body = json.dumps({"error": f"request body over {self.limit:,} bytes; images are "
+                                    f"limited to 20,000,000 bytes before base64 and texts to "
+                                    f"1,000,000 characters."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(index_dir: str | Path, *, token: str | None = None, engine=None,
                device: str = "auto"):
     """Make the FastAPI app for the index at ``index_dir``.
@@ -206,6 +261,7 @@ def create_app(index_dir: str | Path, *, token: str | None = None, engine=None,
                     "Attribution JSON follows gif_core/schemas/attribution.schema.json.")
     app.state.engine = engine
     app.state.lock = lock
+    app.add_middleware(BodyLimit)
 
     def error(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)

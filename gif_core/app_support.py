@@ -169,20 +169,8 @@ def verdict(att, *, image: bool = False) -> Verdict:
     ``image``: the query was an image, so the evidence is named in image terms (perceptual-hash
     and embedding similarity) instead of shared text passages.
     """
-    headline, detail = att.verdict()
-    found = not att.abstained and bool(att.results)
-    if image and att.results:
-        top = att.results[0]
-        if found:
-            detail = (f"Found by {', '.join(top.channels)}; perceptual-hash similarity "
-                      f"{top.verbatim:.2f}; embedding similarity {top.similarity:.2f}.")
-        else:
-            headline = f"No confident source (confidence {att.confidence:.0%})"
-            detail = (f"The nearest indexed image, {top.id}, has perceptual-hash similarity "
-                      f"{top.verbatim:.2f} and embedding similarity {top.similarity:.2f}: not "
-                      f"enough to tell a copy from a look-alike. The candidates are shown for "
-                      f"inspection.")
-    return Verdict(found, headline, detail)
+    headline, detail = att.verdict(image=image)
+    return Verdict(not att.abstained and bool(att.results), headline, detail)
 
 
 TABLE_COLUMNS = ["rank", "id", "fused score", "similarity", "BM25", "verbatim coverage",
@@ -699,8 +687,8 @@ def check_image_upload(name: str, data: bytes) -> None:
     :data:`MAX_IMAGE_UPLOAD_BYTES`; the same check for the page's uploader and `gif serve`'s
     image endpoints. Raises InputError naming the fix."""
     _check_upload(name, data, IMAGE_UPLOAD_TYPES, MAX_IMAGE_UPLOAD_BYTES,
-                  f"upload an image ({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This "
-                  f"index holds images; to trace a text, choose Text above.",
+                  f"give an image ({', '.join('.' + t for t in IMAGE_UPLOAD_TYPES)}). This "
+                  f"index holds images; to trace a text, send it as a text query.",
                   "Re-encode it smaller (e.g. as JPEG or at a lower resolution) and upload it "
                   "again.")
 

@@ -162,12 +162,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_attribution(att, qid=None) -> None:
+def _print_attribution(att, qid=None, *, image: bool = False, k: int | None = None) -> None:
     head = f"[{qid}] " if qid is not None else ""
-    headline, detail = att.verdict()
+    headline, detail = att.verdict(image=image)
     print(f"{head}{headline}; "
           f"{att.timings_ms.get('total', 0):.0f} ms")
     print(f"  {detail}")
+    if k is not None and len(att.results) < k:
+        print(f"  ({len(att.results)} results: every candidate the channels proposed; "
+              f"-k {k} asked for more)")
     for r in att.results:
         infl = "" if r.influence is None else f" infl {r.influence_normalised:+.2f}"
         print(f"{r.rank:>3}. {r.id}  score {r.score:.2f} sim {r.similarity:.3f} "
@@ -260,7 +263,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(att.to_dict(), ensure_ascii=False))
         else:
-            _print_attribution(att)
+            _print_attribution(att, image=image is not None, k=args.k)
         return 0
     status = 0
     for qid, qtext, error in entries:
@@ -280,7 +283,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         elif error is not None:
             print(f"[{qid}] error: {error}")
         else:
-            _print_attribution(att, qid)
+            _print_attribution(att, qid, image=isinstance(qtext, Path), k=args.k)
     return status
 
 
@@ -453,8 +456,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build an index from a corpus")
-    b.add_argument("corpus", help=".jsonl/.csv/.parquet file, a folder of .txt, or pkg:wiki, "
-                                  "pkg:wordnet, pkg:fortunes")
+    b.add_argument("corpus", help="texts: a .jsonl/.csv/.parquet file, a folder of .txt, or "
+                                  "pkg:wiki, pkg:wordnet, pkg:fortunes; images: a folder of "
+                                  "images (NAME.txt beside one is its caption), a CSV/JSONL "
+                                  "with an image column, WebDataset .tar shards, or pkg:stamps, "
+                                  "pkg:openclipart, pkg:fashion-mnist")
     b.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
     b.add_argument("--text-field", default="text")
     b.add_argument("--id-field", default="id")

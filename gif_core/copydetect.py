@@ -92,6 +92,9 @@ class CopyDescriptor:
     kp_desc: np.ndarray       # (n, 32) uint8
     thumb: np.ndarray         # (h, w, 3) uint8, longer side THUMB
     flat: bool
+    variant: CopyDescriptor | None = None
+    """Queries only: the same picture with a uniform, non-white background turned white (see
+    :func:`white_background`), matched as well; None when there is no such background."""
 
 
 _ORB = None
@@ -136,8 +139,40 @@ def _windows(grey: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def describe(image) -> CopyDescriptor:
-    """The copy-detection descriptor of a decoded RGB PIL image."""
+BACKGROUND_SHARE = 0.6
+"""A query whose border is mostly (this share) one colour other than white has a background
+that may stand in for transparency: indexed images are flattened onto white, a copy may have
+been flattened onto black or any other colour."""
+BACKGROUND_TOL = 24
+
+
+def white_background(image):
+    """The picture with its uniform border-connected background turned white, or None when its
+    border is not one colour or is white already."""
+    cv2 = _cv2()
+    rgb = np.asarray(image.convert("RGB"))
+    if min(rgb.shape[:2]) < 3:
+        return None
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    colour = np.median(border, axis=0)
+    near = np.abs(border - colour).max(axis=1) <= BACKGROUND_TOL
+    if near.mean() < BACKGROUND_SHARE or (255 - colour).max() <= 2 * BACKGROUND_TOL:
+        return None
+    mask = (np.abs(rgb.astype(np.int16) - colour).max(axis=2) <= BACKGROUND_TOL).astype(np.uint8)
+    _, labels = cv2.connectedComponents(mask, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge > 0]
+    background = np.isin(labels, edge)
+    out = rgb.copy()
+    out[background] = 255
+    from PIL import Image
+
+    return Image.fromarray(out, "RGB")
+
+
+def describe(image, *, variants: bool = False) -> CopyDescriptor:
+    """The copy-detection descriptor of a decoded RGB PIL image; ``variants`` (queries) adds
+    the white-background variant when the picture has a uniform coloured background."""
     cv2 = _cv2()
     rgb = np.asarray(image.convert("RGB"))
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -156,10 +191,14 @@ def describe(image) -> CopyDescriptor:
     t = THUMB / max(h, w)
     tsize = (max(1, round(w * t)), max(1, round(h * t)))
     thumb = cv2.resize(rgb, tsize, interpolation=cv2.INTER_AREA if t < 1 else cv2.INTER_LINEAR)
+    variant = None
+    if variants:
+        whitened = white_background(image)
+        variant = describe(whitened) if whitened is not None else None
     return CopyDescriptor(np.array([p for p, _ in hashes], dtype=np.uint64),
                           np.array([d for _, d in hashes], dtype=np.uint64),
                           xy.astype(np.float32), desc.astype(np.uint8), thumb,
-                          flat=float(g.std()) < FLAT_STD)
+                          flat=float(g.std()) < FLAT_STD, variant=variant)
 
 
 def _compare(tq: np.ndarray, tc: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
@@ -272,10 +311,14 @@ class CopyStore:
                 ) -> np.ndarray:
         """Rows of the ``k`` images whose nearest window is nearest the query's whole-image
         hashes (ties by row), within half of the 128 bits."""
-        ph, dh = q.window_phash[0], q.window_dhash[0]
-        dist = (hamming(self.window_phash.reshape(-1), ph)
-                + hamming(self.window_dhash.reshape(-1), dh)).reshape(len(self), WINDOWS)
-        best = dist.min(axis=1)
+        best = None
+        for d in (q, q.variant):
+            if d is None:
+                continue
+            ph, dh = d.window_phash[0], d.window_dhash[0]
+            dist = (hamming(self.window_phash.reshape(-1), ph)
+                    + hamming(self.window_dhash.reshape(-1), dh)).reshape(len(self), WINDOWS)
+            best = dist.min(axis=1) if best is None else np.minimum(best, dist.min(axis=1))
         if removed is not None and len(removed):
             best[np.asarray(removed, dtype=np.int64)] = 1 << 20
         near = np.flatnonzero(best <= 64)
@@ -300,8 +343,13 @@ class CopyStore:
                 continue
             a, b = int(self.kp_offsets[row]), int(self.kp_offsets[row + 1])
             h, w = (int(v) for v in self.thumb_hw[row])
-            inl, ratio, zncc, mad, overlap = verify_pair(
-                q, np.asarray(self.kp_xy[a:b], dtype=np.float32), np.asarray(self.kp_desc[a:b]),
-                np.asarray(self.thumbs[row, :h, :w]))
+            kp_xy = np.asarray(self.kp_xy[a:b], dtype=np.float32)
+            kp_desc = np.asarray(self.kp_desc[a:b])
+            thumb = np.asarray(self.thumbs[row, :h, :w])
+            # the query as given and, if it has a coloured background, on white: the better
+            # pixel agreement counts
+            inl, ratio, zncc, mad, overlap = max(
+                (verify_pair(d, kp_xy, kp_desc, thumb) for d in (q, q.variant) if d is not None),
+                key=lambda r: r[2] - r[3])
             out[j] = (np.log1p(inl) / log_norm, ratio, zncc, mad, overlap, 1.0)
         return out

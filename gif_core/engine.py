@@ -183,12 +183,25 @@ class Attribution:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def verdict(self) -> tuple[str, str]:
-        """(headline, detail) in words for a person: the source found, or why GIF abstains."""
+    def verdict(self, *, image: bool = False) -> tuple[str, str]:
+        """(headline, detail) in words for a person: the source found, or why GIF abstains.
+        ``image``: the query was a picture, so the evidence is named in image terms."""
         conf = f"confidence {self.confidence:.0%}"
         if not self.results:
             return f"No confident source ({conf})", "No candidate was found."
         top = self.results[0]
+        if image:
+            if not self.abstained:
+                return (f"Source found: {top.id} ({conf})",
+                        f"Found by {', '.join(top.channels)} and confirmed by copy "
+                        f"verification; perceptual-hash similarity {top.verbatim:.2f}; "
+                        f"embedding similarity {top.similarity:.2f}.")
+            return (f"No confident source ({conf})",
+                    f"The nearest indexed image, {top.id}, has perceptual-hash similarity "
+                    f"{top.verbatim:.2f} and embedding similarity {top.similarity:.2f}, but copy "
+                    f"verification does not single it out: a look-alike rather than a copy, or "
+                    f"a picture with too little structure to verify (blank, one colour). The "
+                    f"candidates are shown for inspection.")
         if not self.abstained:
             shared = sum(s["query_end"] - s["query_start"] for s in top.spans)
             return (f"Source found: {top.id} ({conf})",
@@ -254,7 +267,7 @@ class ImageQuery:
             raise InputError(f"image query must be bytes, a path or a PIL image, got "
                              f"{type(source).__name__}.")
         ph, dh = image_hashes(image)
-        return cls(image, sha, ph, dh, describe(image))
+        return cls(image, sha, ph, dh, describe(image, variants=True))
 
 
 def validate_text(text: Any) -> str:

@@ -614,35 +614,22 @@ def render_report(evidence: dict[str, Any]) -> str:
 
     rows = []
     for r in results:
+        cells = [f'<td class="n">{_esc(r["rank"])}</td><td><code>{_esc(r["id"])}</code></td>',
+                 f'<td class="n">{_num(r["score"])}</td>',
+                 f'<td>{_esc(" + ".join(r.get("channels", [])))}</td>',
+                 f'<td class="n">{_num(r["similarity"])}</td>',
+                 f'<td class="n">{_num(r["gradient_similarity"])}</td>']
+        if not image:
+            cells.append(f'<td class="n">{_num(r["bm25"], ".2f")}</td>')
+        cells += [f'<td class="n">{_num(r["verbatim"], ".3f")}</td>',
+                  f'<td class="n">{_num(r.get("influence"), ".3g")}</td>',
+                  f'<td class="n">{_num(r.get("influence_normalised"), "+.3f")}</td>']
         if image:
             same = "yes" if r.get("sha256") == q.get("sha256") else "no"
-            rows.append(
-                "<tr>"
-                f'<td class="n">{_esc(r["rank"])}</td><td><code>{_esc(r["id"])}</code></td>'
-                f'<td class="n">{_num(r["score"])}</td>'
-                f'<td>{_esc(" + ".join(r.get("channels", [])))}</td>'
-                f'<td class="n">{_num(r["similarity"])}</td>'
-                f'<td class="n">{_num(r["gradient_similarity"])}</td>'
-                f'<td class="n">{_num(r["verbatim"], ".3f")}</td>'
-                f'<td class="n">{_num(r.get("influence"), ".3g")}</td>'
-                f'<td class="n">{_num(r.get("influence_normalised"), "+.3f")}</td>'
-                f"<td>{same}</td>"
-                f'<td class="mono">{_esc(r.get("sha256"))}</td>'
-                "</tr>")
-            continue
-        rows.append(
-            "<tr>"
-            f'<td class="n">{_esc(r["rank"])}</td><td><code>{_esc(r["id"])}</code></td>'
-            f'<td class="n">{_num(r["score"])}</td>'
-            f'<td>{_esc(" + ".join(r.get("channels", [])))}</td>'
-            f'<td class="n">{_num(r["similarity"])}</td>'
-            f'<td class="n">{_num(r["gradient_similarity"])}</td>'
-            f'<td class="n">{_num(r["bm25"], ".2f")}</td>'
-            f'<td class="n">{_num(r["verbatim"], ".3f")}</td>'
-            f'<td class="n">{_num(r.get("influence"), ".3g")}</td>'
-            f'<td class="n">{_num(r.get("influence_normalised"), "+.3f")}</td>'
-            f'<td class="n">{len(r.get("spans", []))}</td>'
-            "</tr>")
+            cells += [f"<td>{same}</td>", f'<td class="mono">{_esc(r.get("sha256"))}</td>']
+        else:
+            cells.append(f'<td class="n">{len(r.get("spans", []))}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     if image:
         head = ("<th>#</th><th>image id</th><th>fused score</th><th>found by</th>"
                 "<th>embedding similarity</th><th>gradient similarity</th>"

@@ -121,9 +121,17 @@ def _rasterise_svg(data: bytes, where: str) -> bytes:
             raise ImageError(f"{where}: the SVG declares XML entities or external references, "
                              f"which are refused for safety. Convert it to PNG first.",
                              "svg_unsupported") from None
+        text = str(exc)
+        if "INVALID_SIZE" in text or "too big" in text:
+            raise ImageError(f"{where}: the SVG declares a size too large to rasterise (the "
+                             f"output would be over the {MAX_PIXELS:,}-pixel limit or cairo's "
+                             f"own). Give it a width and height of a few thousand units, or "
+                             f"convert it to PNG.", "too_large") from None
+        import textwrap
+
         raise ImageError(f"{where}: SVG cannot be rasterised ({type(exc).__name__}: "
-                         f"{str(exc)[:120]}). Check the file, or convert it to PNG.",
-                         "damaged") from None
+                         f"{textwrap.shorten(text, 120, placeholder=' …')}). Check the file, "
+                         f"or convert it to PNG.", "damaged") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

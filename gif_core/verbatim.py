@@ -150,6 +150,13 @@ def _shingles(tokens: list[str], n: int) -> np.ndarray:
     return _window_hashes(th, n)
 
 
+def _meta(num: int, n: int, max_df_fraction: float, cap: int, postings: int, stops: int
+          ) -> dict:
+    return {"format": "gif-verbatim", "format_version": FORMAT_VERSION, "num_docs": num, "n": n,
+            "max_df_fraction": float(max_df_fraction), "df_cap": cap, "num_postings": postings,
+            "num_stop_shingles": stops}
+
+
 def nbytes_on_disk(directory: str | Path) -> int:
     """Bytes used by the verbatim index files in ``directory``."""
     d = Path(directory)
@@ -222,16 +229,7 @@ class VerbatimIndex:
             keys, docs = keys[~drop], docs[~drop]
         else:
             stop = np.zeros(0, dtype=np.uint64)
-        meta = {
-            "format": "gif-verbatim",
-            "format_version": FORMAT_VERSION,
-            "num_docs": num,
-            "n": n,
-            "max_df_fraction": float(max_df_fraction),
-            "df_cap": cap,
-            "num_postings": int(keys.size),
-            "num_stop_shingles": int(stop.size),
-        }
+        meta = _meta(num, n, max_df_fraction, cap, int(keys.size), int(stop.size))
         logger.info(
             "verbatim index: %d docs, %d postings, %d common shingles dropped (df > %d)",
             num,
@@ -360,16 +358,7 @@ class VerbatimIndex:
             out_d.close()
             stop = np.concatenate(stops) if stops else np.zeros(0, dtype=np.uint64)
             np.save(scratch / "verbatim_stop.npy", stop, allow_pickle=False)
-            meta = {
-                "format": "gif-verbatim",
-                "format_version": FORMAT_VERSION,
-                "num_docs": num,
-                "n": n,
-                "max_df_fraction": float(max_df_fraction),
-                "df_cap": cap,
-                "num_postings": int(out_k.count),
-                "num_stop_shingles": int(stop.size),
-            }
+            meta = _meta(num, n, max_df_fraction, cap, int(out_k.count), int(stop.size))
             install(d, {f"verbatim_{a}.npy": scratch / f"verbatim_{a}.npy" for a in _ARRAYS},
                     _META_NAME, meta)
         logger.info(

@@ -219,7 +219,7 @@ def test_image_evidence_endpoint_writes_a_package_that_verifies(image_client, st
 @pytest.mark.parametrize("body, status, words", [
     ({"image_base64": "not base64!", "name": "a.png"}, 400, "not valid base64"),
     ({"image_base64": _b64(b"%PDF-1.7"), "name": "scan.pdf"}, 400,
-     "'scan.pdf' is a .pdf file; upload an image (.png"),
+     "'scan.pdf' is a .pdf file; give an image (.png"),
     ({"image_base64": _b64(b"a text file with an image's name"), "name": "notes.png"}, 400,
      "notes.png: not an image Pillow can read"),
     ({"image_base64": "", "name": "empty.png"}, 400, "empty file (0 bytes)"),
@@ -256,3 +256,37 @@ def test_image_query_on_a_text_index_is_refused(client, stamp):
     assert r.status_code == 400 and "an image query needs an image index" in r.json()["error"]
     r = client.post("/evidence/image", json={"image_base64": _b64(_stamp_bytes(stamp))})
     assert r.status_code == 400 and "needs an image index" in r.json()["error"]
+
+
+def test_oversized_bodies_are_refused_before_parsing():
+    """A body over the limit gets 413 whether its length is declared or it arrives chunked; the
+    handler never sees it."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from gif_core.api import MAX_BODY_BYTES, BodyLimit
+
+    assert MAX_BODY_BYTES > 4 * 20_000_000 / 3  # a 20 MB image as base64 fits
+    seen = []
+    app = FastAPI()
+    app.add_middleware(BodyLimit, limit=1000)
+
+    @app.post("/q")
+    def q(body: dict):
+        seen.append(len(body["text"]))
+        return {"n": len(body["text"])}
+
+    client = TestClient(app)
+    assert client.post("/q", json={"text": "a" * 10}).json() == {"n": 10}
+    r = client.post("/q", json={"text": "a" * 5000})
+    assert r.status_code == 413 and "over 1,000 bytes" in r.json()["error"]
+
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"a" * 500
+        yield b'"}'
+
+    r = client.post("/q", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert seen == [10]

@@ -455,9 +455,9 @@ def test_backend_url_must_be_http(app_env, monkeypatch):
     assert "must start with http://" in at.error[0].value
 
 
-@pytest.fixture
-def api_server(app_index):
-    """``gif serve``'s app on 127.0.0.1 and a free port in a thread; its URL."""
+def _serve(index_dir):
+    """``gif serve``'s app for ``index_dir`` on 127.0.0.1 and a free port in a thread; yields
+    its URL and stops it afterwards."""
     import threading
     import time
 
@@ -466,7 +466,7 @@ def api_server(app_index):
     from gif_core.api import create_app
 
     port = _unused_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(app_index), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(index_dir), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -477,6 +477,12 @@ def api_server(app_index):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture
+def api_server(app_index):
+    """``gif serve``'s app on 127.0.0.1 and a free port in a thread; its URL."""
+    yield from _serve(app_index)
 
 
 def test_attribute_through_backend(app_env, app_samples, api_server, monkeypatch, tmp_path):
@@ -734,25 +740,7 @@ def test_clusters_page_places_an_image_query(image_app_env):
 @pytest.fixture
 def image_api_server(stamp_index):
     """``gif serve`` on the stamp index (127.0.0.1, a free port, in a thread); its URL."""
-    import threading
-    import time
-
-    import uvicorn
-
-    from gif_core.api import create_app
-
-    port = _unused_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(stamp_index[0]), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    yield from _serve(stamp_index[0])
 
 
 def test_image_query_and_evidence_through_backend(image_app_env, image_api_server,
@@ -810,7 +798,7 @@ def test_out_of_corpus_image_abstains(image_app_env):
     photo = fashion_mnist_corpus(1).sources[0].read()  # a 28×28 photo of a T-shirt
     at = press_trace(upload_image(run_app(), "shirt.png", photo))
     assert at.warning and at.warning[0].value.startswith("**No confident source")
-    assert "not enough to tell a copy from a look-alike" in at.warning[0].value
+    assert "copy verification does not single it out" in at.warning[0].value
     assert not at.success
     assert any(s.value == "Nearest candidates (not established sources)" for s in at.subheader)
     assert any(c.value == sup.NO_SOURCE_CAPTION for c in at.caption)
@@ -852,9 +840,9 @@ def test_bad_image_upload_is_a_readable_message(image_app_env, name, data, words
 def test_wrong_image_type_is_refused_by_name():
     """The uploader's ``type`` list makes the browser refuse a .pdf (and Streamlit refuses it
     again on the server); :func:`read_image_upload` checks too, for any other caller."""
-    with pytest.raises(GIFError, match=r"'scan.pdf' is a .pdf file; upload an image \(.png"):
+    with pytest.raises(GIFError, match=r"'scan.pdf' is a .pdf file; give an image \(.png"):
         sup.read_image_upload("scan.pdf", b"%PDF-1.7")
-    with pytest.raises(GIFError, match="choose Text above"):
+    with pytest.raises(GIFError, match="send it as a text query"):
         sup.read_image_upload("notes", b"hello")
 
 

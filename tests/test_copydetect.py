@@ -99,3 +99,37 @@ def test_inconsistent_store_is_refused(stamps, tmp_path):
     (d / "copydetect.json").write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="rebuild the index"):
         CopyStore.load(d)
+
+
+def test_copy_flattened_onto_black_is_matched(stamps, store):
+    """Indexed pictures are flattened onto white; a copy of a transparent stamp flattened onto
+    black (or another plain colour) is matched through its white-background variant."""
+    import io
+
+    from gif_core.image_data import stamps_corpus
+
+    sources = stamps_corpus().sources[::20][:N_STAMPS]
+    found, tried = 0, 0
+    for row in range(0, N_STAMPS, 4):
+        if not str(sources[row].meta["path"]).endswith(".png"):
+            continue  # an SVG stamp
+        rgba = Image.open(io.BytesIO(sources[row].read())).convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] == 255:
+            continue  # no transparency in this stamp
+        for colour in ((0, 0, 0), (30, 60, 200)):
+            flat = Image.alpha_composite(Image.new("RGBA", rgba.size, colour + (255,)), rgba)
+            q = describe(flat.convert("RGB"), variants=True)
+            if q.flat:
+                continue  # a black glyph on black: nothing is left to see
+            feats = store.verify(q, np.arange(len(stamps)))
+            z = feats @ np.asarray(DEFAULT_VERIFY[:-1]) + DEFAULT_VERIFY[-1]
+            tried += 1
+            found += int(np.argmax(z) == row and store.propose(q, 5)[0] == row)
+    assert tried >= 10 and found == tried, (found, tried)
+
+
+def test_white_background_leaves_white_pictures_alone(stamps):
+    from gif_core.copydetect import white_background
+
+    assert white_background(stamps[0][1]) is None
+    assert describe(stamps[0][1], variants=True).variant is None

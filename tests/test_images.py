@@ -381,3 +381,12 @@ def test_torch_checkpoints_are_read_without_pickle_code(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(ConfigError, match="weights only"):
         _checkpoint_state(Path(path))
+
+
+def test_svg_too_tall_to_rasterise_is_too_large():
+    svg = (b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="100000">'
+           b'<rect width="1" height="100000" fill="red"/></svg>')
+    with pytest.raises(ImageError, match="too large to rasterise") as info:
+        decode_image(svg, where="tall.svg")
+    assert info.value.reason == "too_large"
+    assert str(info.value).startswith("tall.svg")
