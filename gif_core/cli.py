@@ -125,8 +125,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from .data import read_corpus
+    from .store import read_manifest
     from .update import add_samples
 
+    modality = read_manifest(args.index).get("modality", "text")
+    if modality != "text":
+        # checked before the corpus is read, which would be read as texts
+        raise InputError(f"index {args.index!r} holds {modality}s; `gif add` appends texts. "
+                         f"Rebuild the image index with the new images included (`gif build "
+                         f"FOLDER --out {args.index}`; the old index stays usable until the "
+                         f"new one replaces it).")
     samples = read_corpus(args.corpus, text_field=args.text_field, id_field=args.id_field,
                           limit=args.limit)
     manifest = add_samples(args.index, samples, progress=_progress_bars(args.quiet),

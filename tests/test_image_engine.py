@@ -240,6 +240,10 @@ def test_cli_image_and_text_queries(image_index, image_folder, tmp_path):
     assert "truncated" in by["broken"]["error"]
     res = run_cli("info", str(out))
     assert "image samples" in res.stdout and "5 skipped" in res.stdout
+    before = (out / "manifest.json").read_bytes()
+    res = run_cli("add", str(out), str(root))
+    assert res.returncode == 2 and "holds images; `gif add` appends texts" in res.stderr
+    assert (out / "manifest.json").read_bytes() == before
 
 
 @pytest.mark.slow
