@@ -252,40 +252,47 @@ def build_evidence(engine, query: str | bytes | os.PathLike, *, k: int = 10,
     _check_k(k)
     if not isinstance(query, str):
         return _build_image_evidence(engine, query, k=k, influence=influence, name=name)
-    from .engine import library_versions
-
     text = query
     att = engine.attribute(text, k=k, influence=influence, spans=True).to_dict()
     validate_attribution(att)
     index = _index_record(engine)
-    evidence = {
-        "evidence_version": EVIDENCE_VERSION,
-        "created_utc": _utc_now(),
-        "gif_version": __version__,
-        "query": {"text": text, "sha256": sha256_text(text), "k": k, "influence": influence},
-        "attribution": att,
-        "attribution_sha256": canonical_sha256(att),
-        "index": index,
-        "library_versions": library_versions(),
-        "environment": {"device": str(engine.device), "platform": platform.platform()},
-        "reproduce": {
-            "command": reproduce_command(index["path"], k, influence),
-            "cwd": "the evidence folder (query.jsonl and query.txt are stored there)",
-            "files": [QUERY_TXT, QUERY_JSONL],
-            "note": "prints the attribution as one JSON line with \"qid\": \"evidence\" added; "
-                    "timings differ run to run. `gif verify` compares within tolerances.",
-        },
-        "tolerances": TOLERANCES,
-    }
+    evidence = _record(engine, EVIDENCE_VERSION,
+                       {"text": text, "sha256": sha256_text(text), "k": k, "influence": influence},
+                       att, index, {
+        "command": reproduce_command(index["path"], k, influence),
+        "cwd": "the evidence folder (query.jsonl and query.txt are stored there)",
+        "files": [QUERY_TXT, QUERY_JSONL],
+        "note": "prints the attribution as one JSON line with \"qid\": \"evidence\" added; "
+                "timings differ run to run. `gif verify` compares within tolerances.",
+    })
     if getattr(engine, "modality", "text") == "image":
         # a text traced to images: the report shows the sources it names
         evidence["thumbnails"] = {"query": None, "results": _result_thumbnails(att["results"])}
     return evidence
 
 
+def _record(engine, version: int, query: dict[str, Any], att: dict[str, Any],
+            index: dict[str, Any], reproduce: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``evidence.json`` every query kind shares, around its query and command."""
+    from .engine import library_versions
+
+    return {
+        "evidence_version": version,
+        "created_utc": _utc_now(),
+        "gif_version": __version__,
+        "query": query,
+        "attribution": att,
+        "attribution_sha256": canonical_sha256(att),
+        "index": index,
+        "library_versions": library_versions(),
+        "environment": {"device": str(engine.device), "platform": platform.platform()},
+        "reproduce": reproduce,
+        "tolerances": TOLERANCES,
+    }
+
+
 def _build_image_evidence(engine, image: Any, *, k: int, influence: bool,
                           name: str | None) -> dict[str, Any]:
-    from .engine import library_versions
     from .images import decode_image
 
     data = image_query_bytes(image)
@@ -305,32 +312,20 @@ def _build_image_evidence(engine, image: Any, *, k: int, influence: bool,
                                f"evidence code disagree.")
     file = f"{QUERY_IMAGE_STEM}.{IMAGE_SUFFIXES.get(decoded.format.upper(), 'img')}"
     index = _index_record(engine)
-    return {
-        "evidence_version": IMAGE_EVIDENCE_VERSION,
-        "created_utc": _utc_now(),
-        "gif_version": __version__,
-        "query": {
-            "modality": "image", "sha256": sha, "k": k, "influence": influence,
-            "image": {"file": file, "name": name, "bytes": len(data),
-                      "format": decoded.format, "width": decoded.width,
-                      "height": decoded.height},
-        },
-        "attribution": att,
-        "attribution_sha256": canonical_sha256(att),
-        "index": index,
-        "library_versions": library_versions(),
-        "environment": {"device": str(engine.device), "platform": platform.platform()},
-        "reproduce": {
-            "command": reproduce_command(index["path"], k, influence, image_file=file),
-            "cwd": f"the evidence folder (the query image is stored there as {file})",
-            "files": [file],
-            "note": "prints the attribution as one JSON line; timings differ run to run. "
-                    "`gif verify` compares within tolerances.",
-        },
-        "tolerances": TOLERANCES,
-        "thumbnails": {"query": _thumbnail_b64(decoded.image),
-                       "results": _result_thumbnails(att["results"])},
-    }
+    evidence = _record(engine, IMAGE_EVIDENCE_VERSION, {
+        "modality": "image", "sha256": sha, "k": k, "influence": influence,
+        "image": {"file": file, "name": name, "bytes": len(data), "format": decoded.format,
+                  "width": decoded.width, "height": decoded.height},
+    }, att, index, {
+        "command": reproduce_command(index["path"], k, influence, image_file=file),
+        "cwd": f"the evidence folder (the query image is stored there as {file})",
+        "files": [file],
+        "note": "prints the attribution as one JSON line; timings differ run to run. "
+                "`gif verify` compares within tolerances.",
+    })
+    evidence["thumbnails"] = {"query": _thumbnail_b64(decoded.image),
+                              "results": _result_thumbnails(att["results"])}
+    return evidence
 
 
 def _thumbnail_b64(image) -> str:
