@@ -188,29 +188,17 @@ def results_table(att, *, image: bool = False) -> pd.DataFrame:
 
     ``image``: the query was an image; columns are :data:`IMAGE_TABLE_COLUMNS`.
     """
-    if image:
-        return pd.DataFrame([{
-            "rank": r.rank,
-            "id": r.id,
-            "fused score": round(r.score, 4),
-            "similarity": round(r.similarity, 4),
-            "perceptual hash": round(r.verbatim, 4),
-            "influence": (None if r.influence_normalised is None
-                          else round(r.influence_normalised, 4)),
-            "channels": ", ".join(r.channels),
-        } for r in att.results], columns=IMAGE_TABLE_COLUMNS)
-    rows = [{
-        "rank": r.rank,
-        "id": r.id,
-        "fused score": round(r.score, 4),
-        "similarity": round(r.similarity, 4),
-        "BM25": round(r.bm25, 3),
-        "verbatim coverage": round(r.verbatim, 4),
-        "influence": (None if r.influence_normalised is None
-                      else round(r.influence_normalised, 4)),
-        "channels": ", ".join(r.channels),
-    } for r in att.results]
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    def row(r) -> dict[str, Any]:
+        near = ({"perceptual hash": round(r.verbatim, 4)} if image else
+                {"BM25": round(r.bm25, 3), "verbatim coverage": round(r.verbatim, 4)})
+        return {"rank": r.rank, "id": r.id, "fused score": round(r.score, 4),
+                "similarity": round(r.similarity, 4), **near,
+                "influence": (None if r.influence_normalised is None
+                              else round(r.influence_normalised, 4)),
+                "channels": ", ".join(r.channels)}
+
+    return pd.DataFrame([row(r) for r in att.results],
+                        columns=IMAGE_TABLE_COLUMNS if image else TABLE_COLUMNS)
 
 
 def timings_table(att) -> pd.DataFrame:

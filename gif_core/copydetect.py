@@ -98,6 +98,7 @@ class CopyDescriptor:
 
 
 _ORB = None
+_MATCHER = None
 
 
 def _cv2():
@@ -114,6 +115,13 @@ def _orb():
         _ORB = _cv2().ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10, edgeThreshold=15,
                                  patchSize=15)
     return _ORB
+
+
+def _matcher():
+    global _MATCHER
+    if _MATCHER is None:
+        _MATCHER = _cv2().BFMatcher(_cv2().NORM_HAMMING, crossCheck=True)
+    return _MATCHER
 
 
 def fast_hashes(grey: np.ndarray) -> tuple[np.uint64, np.uint64]:
@@ -234,7 +242,7 @@ def verify_pair(q: CopyDescriptor, kp_xy: np.ndarray, kp_desc: np.ndarray, thumb
     inliers, ratio = 0, 0.0
     n_small = min(len(q.kp_desc), len(kp_desc))
     if n_small >= 3:
-        matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(q.kp_desc, kp_desc)
+        matches = _matcher().match(q.kp_desc, kp_desc)
         if len(matches) >= 3:
             src = np.float32([kp_xy[mt.trainIdx] for mt in matches])
             dst = np.float32([q.kp_xy[mt.queryIdx] for mt in matches])

@@ -639,8 +639,8 @@ class Engine:
         return (isinstance(query, ImageQuery) and query.copy is not None
                 and self.copies is not None and len(ranker.verify) == len(VERIFY_FEATURES) + 1)
 
-    def verify_rows(self, query: ImageQuery, cand: Candidates, order: np.ndarray, k: int
-                    ) -> np.ndarray:
+    @staticmethod
+    def verify_rows(cand: Candidates, order: np.ndarray, k: int) -> np.ndarray:
         """Positions (into ``cand``) that the verification stage checks: the first stage's top
         ``max(k, VERIFY_TOP)`` and the ``VERIFY_PROPOSALS`` nearest window-hash proposals."""
         head = order[:max(k, VERIFY_TOP)]
@@ -654,8 +654,8 @@ class Engine:
         (:mod:`gif_core.copydetect`), scored by the ranker's ``verify`` model. Returns the new
         order (verified candidates by that score, then the rest as before), per-candidate
         scores (the verification logit; unchecked candidates keep a score below all checked
-        ones) and the confidence: the top candidate's verification probability."""
-        pos = self.verify_rows(query, cand, order, k)
+        ones) and the confidence from the ranker's verification calibration."""
+        pos = self.verify_rows(cand, order, k)
         feats = self.copies.verify(query.copy, cand.rows[pos])
         z = ranker.verify_logits(feats)
         ranked = pos[np.argsort(-z, kind="stable")]
@@ -663,7 +663,6 @@ class Engine:
         scores = np.full(len(cand.rows), float(z.min()) - 1.0 if len(z) else 0.0,
                          dtype=np.float64)
         scores[pos] = z
-        feats = np.asarray(feats)
         confidence = ranker.verify_confidence(z, feats)
         return np.concatenate([ranked, rest]), scores, confidence
 
@@ -1194,12 +1193,12 @@ def _fit_on_planted(engine: Engine, planted: Sequence[tuple[int, Any, Any]],
         xs, ys = [], []
         for j, (query, cand, src_rows, masked) in enumerate(image_queries):
             order = np.argsort(-ranker.score(cand.features), kind="stable")
-            pos = engine.verify_rows(query, cand, order, 1)
-            rows = cand.rows[pos]
+            rows = cand.rows[engine.verify_rows(cand, order, 1)]
+            sources = set(src_rows.tolist())
             # the same picture stored again under another id is as much the source: a copy
             # cannot tell them apart, and counting it wrong would teach the model to distrust
             # a perfect match; in a masked (null) query such a row is left out instead
-            same = np.array([int(r) in set(src_rows.tolist())
+            same = np.array([int(r) in sources
                              or any(engine.copies.same_picture(int(s), int(r)) for s in src_rows)
                              for r in rows], dtype=bool)
             if masked:

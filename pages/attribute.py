@@ -40,27 +40,27 @@ def _use_example(text: str) -> None:
     st.session_state["run_pending"] = True
 
 
-def _read_image_upload() -> None:
-    upload = st.session_state.get("image_upload")
-    st.session_state.pop("image_upload_error", None)
-    st.session_state.pop("query_image", None)
+def _take_upload(key: str, reader, target: str, *, clear_target: bool) -> None:
+    """Read the uploader ``key`` through ``reader`` into ``target``, or keep its error under
+    ``KEY_error``; an image upload clears the previous image first (a pasted text stays)."""
+    upload = st.session_state.get(key)
+    st.session_state.pop(f"{key}_error", None)
+    if clear_target:
+        st.session_state.pop(target, None)
     if upload is None:
         return
     try:
-        st.session_state["query_image"] = sup.read_image_upload(upload.name, upload.getvalue())
+        st.session_state[target] = reader(upload.name, upload.getvalue())
     except GIFError as exc:
-        st.session_state["image_upload_error"] = str(exc)
+        st.session_state[f"{key}_error"] = str(exc)
+
+
+def _read_image_upload() -> None:
+    _take_upload("image_upload", sup.read_image_upload, "query_image", clear_target=True)
 
 
 def _read_upload() -> None:
-    upload = st.session_state.get("upload")
-    st.session_state.pop("upload_error", None)
-    if upload is None:
-        return
-    try:
-        st.session_state["query_text"] = sup.read_upload(upload.name, upload.getvalue())
-    except GIFError as exc:
-        st.session_state["upload_error"] = str(exc)
+    _take_upload("upload", sup.read_upload, "query_text", clear_target=False)
 
 
 mode = "text"

@@ -193,6 +193,14 @@ def _first_sentence(text: str) -> str:
     return text
 
 
+def _verify_passes(page, top_id: str) -> None:
+    """Press *Verify evidence* and see it pass on all 10 results, naming ``top_id`` first."""
+    _click(page, "Verify evidence")
+    passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
+    passed.wait_for()
+    assert f"top source {top_id}" in passed.inner_text()
+
+
 def _no_exception(page) -> None:
     errors = page.locator('[data-testid="stException"]')
     assert errors.count() == 0, errors.first.inner_text()
@@ -320,10 +328,7 @@ def test_explorer_in_chromium(server, page, shots, wiki_slice):
     # export evidence, then verify it against the index
     _click(page, "Export evidence")
     page.get_by_role("button", name="Download evidence (.zip)").wait_for()
-    _click(page, "Verify evidence")
-    passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
-    passed.wait_for()
-    assert f"top source {sample.id}" in passed.inner_text()
+    _verify_passes(page, sample.id)
     _wait_idle(page)
     _no_exception(page)
     _shoot(page, shots / "attribute.png")
@@ -435,10 +440,7 @@ def test_image_upload_in_chromium(image_server, page, shots, stamp_index, tmp_pa
         ev = json.loads(zf.read("evidence.json"))
     assert ev["query"]["image"]["name"] == "generated.png"
     assert ev["attribution"]["results"][0]["id"] == stamp.id
-    _click(page, "Verify evidence")
-    passed = page.get_by_text(re.compile(r"^Verification passed: verified: 10 result\(s\)"))
-    passed.wait_for()
-    assert f"top source {stamp.id}" in passed.inner_text()
+    _verify_passes(page, stamp.id)
     _wait_idle(page)
     _no_exception(page)
     _shoot(page, shots / "attribute-image.png")
