@@ -190,8 +190,8 @@ with every character escaped, fits; anything larger is refused (413) before it i
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``limit`` bytes with 413 as soon as its declared
-    length (or, for a chunked body, the bytes read so far) passes the limit, so an oversized
-    request never sits whole in memory."""
+    length (or, for a chunked body, the bytes read so far) passes the limit, before the app
+    parses any of it, so an oversized request never sits whole in memory."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app = app
@@ -203,29 +203,28 @@ class BodyLimit:
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
-        seen = 0
-        over = False
-
-        async def counted_receive():
-            nonlocal seen, over
-            if over:
-                return {"type": "http.request", "body": b"", "more_body": False}
+        if declared is not None:
+            # the server holds the client to its declared length
+            return await self.app(scope, receive, send)
+        # no declared length (chunked): read the body here, up to the limit, before the app
+        # sees any of it; past the limit the app is never called and what was read is dropped
+        messages, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    # stop reading: the app sees a cut body, and its answer is replaced below
-                    over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                messages.clear()
+                return await self._refuse(send)
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
 
-        async def guarded_send(message):
-            if not over:
-                await send(message)
-            elif message["type"] == "http.response.start":
-                await self._refuse(send)
+        async def replay():
+            return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, counted_receive, guarded_send)
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send):
         body = json.dumps({"error": f"request body over {self.limit:,} bytes; images are "
