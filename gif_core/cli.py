@@ -181,8 +181,10 @@ def _print_attribution(att, qid=None, *, image: bool = False, k: int | None = No
               f"-k {k} asked for more)")
     for r in att.results:
         infl = "" if r.influence is None else f" infl {r.influence_normalised:+.2f}"
+        near = (f"phash {r.verbatim:.2f}" if image else
+                f"bm25 {r.bm25:.1f} verb {r.verbatim:.2f}")
         print(f"{r.rank:>3}. {r.id}  score {r.score:.2f} sim {r.similarity:.3f} "
-              f"bm25 {r.bm25:.1f} verb {r.verbatim:.2f}{infl} [{'+'.join(r.channels)}]")
+              f"{near}{infl} [{'+'.join(r.channels)}]")
         if r.spans:
             s = r.spans[0]
             print(f"     shared: \"{s['text'][:90]}\"")
