@@ -269,9 +269,12 @@ def _trace(page, text: str) -> float:
     expect(button).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
     t0 = time.perf_counter()
     button.click()
-    # the viewer shows the query once the new results have rendered
-    expect(page.locator(".gif-viewer .gif-query")).to_contain_text(text[:60],
-                                                                   timeout=PAGE_TIMEOUT_MS)
+    # the viewer shows the query once the new results have rendered; during the rerun the
+    # previous viewer can still be on the page for a moment, so wait until only the new one is
+    viewers = page.locator(".gif-viewer .gif-query")
+    expect(viewers.filter(has_text=text[:60])).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    expect(viewers).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    expect(viewers).to_contain_text(text[:60])
     page.locator('[data-testid="stDataFrame"]').first.wait_for()
     _wait_idle(page)
     return time.perf_counter() - t0
